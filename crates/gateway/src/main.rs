@@ -1,1 +1,160 @@
-fn main() {}
+//! The `fanout` binary: run a node, mint a development token, print a config.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use fanout_gateway::auth::{DevTokenRequest, mint_hs256};
+use fanout_gateway::config::{DEV_API_KEY, DEV_SECRET, JwtAlgorithm};
+use fanout_gateway::{Config, Server, telemetry};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+/// A horizontally scaled WebSocket fan-out node.
+#[derive(Debug, Parser)]
+#[command(name = "fanout", version, about)]
+struct Cli {
+    /// TOML configuration file (every key optional; `FANOUT_*` variables override it).
+    #[arg(long, short, global = true, env = "FANOUT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node (the default).
+    Run,
+    /// Mint an HS256 token with the configured secret (or the development secret).
+    Token {
+        /// User id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated room patterns the client may subscribe to.
+        #[arg(long, default_value = "")]
+        rooms: String,
+        /// Comma-separated room patterns the client may publish into (default: same as --rooms).
+        #[arg(long)]
+        publish: Option<String>,
+        /// Lifetime, e.g. `1h`, `30m`.
+        #[arg(long, default_value = "1h", value_parser = humantime_serde::re::humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Print a commented configuration file with every default.
+    Genconfig,
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Genconfig => {
+            print!("{}", fanout_gateway::config::EXAMPLE_CONFIG);
+            Ok(())
+        }
+        Command::Token {
+            sub,
+            tenant,
+            rooms,
+            publish,
+            ttl,
+        } => {
+            let config = Config::load(cli.config.as_deref())?;
+            let secret = if config.is_dev_mode() {
+                DEV_SECRET.to_owned()
+            } else {
+                match (&config.auth.algorithm, &config.auth.secret) {
+                    (None | Some(JwtAlgorithm::HS256), Some(secret)) => secret.clone(),
+                    _ => bail!(
+                        "`fanout token` signs HS256 only; this config has no auth.secret (use your issuer for RS256/ES256)"
+                    ),
+                }
+            };
+            let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + ttl.as_secs();
+            let rooms = split_list(&rooms);
+            let publish = publish
+                .map(|p| split_list(&p))
+                .unwrap_or_else(|| rooms.clone());
+            let token = mint_hs256(
+                &secret,
+                &DevTokenRequest {
+                    sub,
+                    tenant,
+                    rooms,
+                    publish,
+                    exp,
+                },
+            )?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Run => {
+            let config = Config::load(cli.config.as_deref())?;
+            telemetry::init(&config.log).map_err(anyhow::Error::msg)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(run(config))
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<()> {
+    let dev = config.is_dev_mode();
+    let server = Server::bind(config).await?;
+    let addr = server.local_addr();
+    info!(node = server.node().id(), %addr, bus = server.node().bus().kind(), "listening");
+    if dev {
+        print_dev_banner(addr);
+    }
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown signal received");
+        token.cancel();
+    });
+    server.run().await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn print_dev_banner(addr: std::net::SocketAddr) {
+    eprintln!(
+        "\n\
+=====================================================================\n\
+  DEVELOPMENT MODE: no auth key or API key configured.\n\
+  Anyone who can reach {addr} can connect and publish.\n\
+  Token secret (HS256): {DEV_SECRET}\n\
+  API key:              {DEV_API_KEY}\n\
+  Mint a token:  fanout token --sub u1 --tenant t1 --rooms 'lobby,doc:*'\n\
+  Connect:       ws://{addr}/ws\n\
+  NEVER use these in production: set auth.secret and api_keys.\n\
+=====================================================================\n"
+    );
+}

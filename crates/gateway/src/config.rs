@@ -1,0 +1,167 @@
+//! Typed configuration: a TOML file, `FANOUT_*` environment overrides,
+//! defaults for everything, validated at start.
+//!
+//! `Config` is plain serde data (no live handles, as in linkerd2-proxy);
+//! [`crate::node::Node`] turns it into running state. Loading goes through
+//! `figment` because it reports *which key* of *which source* was wrong
+//! ("for key `limits.max_frame_bytes` in fanout.toml"), which is the error an
+//! operator needs at 3 a.m. Unknown keys are errors, never silently ignored:
+//! a typo such as `max_frame_byte` must not fall back to a default.
+//!
+//! Environment variables map `__` to nesting: `FANOUT_LIMITS__MAX_FRAME_BYTES=1024`
+//! sets `limits.max_frame_bytes`. Only variables whose first segment is a
+//! known top-level key are read, so that variables Kubernetes injects for a
+//! Service named `fanout` (`FANOUT_PORT`, `FANOUT_SERVICE_HOST`) are not
+//! mistaken for configuration.
+
+mod sections;
+mod validate;
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+
+pub use sections::EXAMPLE_CONFIG;
+pub use sections::{
+    ApiKeyConfig, AuthConfig, Config, JwtAlgorithm, KeyConfig, Limits, LogConfig, LogFormat,
+    SessionConfig, ShutdownConfig,
+};
+pub use validate::{DEV_API_KEY, DEV_SECRET};
+
+/// The top-level keys that environment overrides may set.
+const ENV_SECTIONS: &[&str] = &[
+    "node_id",
+    "listen",
+    "metrics_listen",
+    "log",
+    "auth",
+    "api_keys",
+    "limits",
+    "session",
+    "shutdown",
+];
+
+/// A configuration that could not be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or parsed, or a key has the wrong type.
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// The configuration parsed but a value is not acceptable.
+    #[error("invalid configuration: `{field}`: {reason}")]
+    Invalid {
+        /// Dotted path of the offending key.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Loads defaults, then `path` (if given), then `FANOUT_*` variables, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, Env::prefixed("FANOUT_"))
+    }
+
+    /// Loads from a TOML string only (no environment); used by tests and `genconfig` checks.
+    pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
+        let figment =
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn load_with_env(path: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::Invalid {
+                    field: "--config",
+                    reason: format!("file {} does not exist", path.display()),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let env = env
+            .filter(|key| {
+                let first = key.as_str().split("__").next().unwrap_or_default();
+                ENV_SECTIONS.iter().any(|s| first.eq_ignore_ascii_case(s))
+            })
+            .split("__");
+        let config: Config = figment.merge(env).extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_config_is_valid_and_listens_on_loopback() {
+        let config = Config::from_toml_str("").unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert!(config.is_dev_mode());
+        assert_eq!(config.limits.max_frame_bytes, 65_536);
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let err = Config::from_toml_str("[limits]\nmax_frame_bytes = \"big\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = Config::from_toml_str("[limits]\nmax_frame_byte = 10")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_frame_byte"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let err =
+            Config::from_toml_str("[session]\nping_interval = \"90s\"\nidle_timeout = \"60s\"")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("session.ping_interval"), "{err}");
+        let err = Config::from_toml_str("[limits]\nmax_frame_bytes = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_ignores_foreign_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("f.toml", "[limits]\nmax_frame_bytes = 2048\n")?;
+            jail.set_env("FANOUT_LIMITS__MAX_ROOMS_PER_CONNECTION", "7");
+            jail.set_env("FANOUT_PORT", "tcp://10.0.0.1:8080");
+            jail.set_env("FANOUT_SERVICE_HOST", "10.0.0.1");
+            let config = Config::load(Some(Path::new("f.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.limits.max_frame_bytes, 2048);
+            assert_eq!(config.limits.max_rooms_per_connection, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/fanout.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn genconfig_output_parses_and_validates() {
+        let text = crate::config::sections::EXAMPLE_CONFIG;
+        Config::from_toml_str(text).unwrap();
+    }
+}

@@ -1,0 +1,250 @@
+//! The configuration sections, with their defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The commented example printed by `fanout genconfig`; a test keeps it valid.
+pub const EXAMPLE_CONFIG: &str = include_str!("example.toml");
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Node id shown in `welcome` and used in the cluster registry. Must be
+    /// unique among running nodes; defaults to `<hostname>-<random>`.
+    pub node_id: Option<String>,
+    /// Address for WebSockets, the HTTP API and (by default) `/metrics`.
+    pub listen: SocketAddr,
+    /// Optional separate address for `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// Keys of the backend HTTP API.
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Limits that protect the node and other clients.
+    pub limits: Limits,
+    /// Per-connection timers.
+    pub session: SessionConfig,
+    /// Drain and exit.
+    pub shutdown: ShutdownConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: None,
+            log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            api_keys: Vec::new(),
+            limits: Limits::default(),
+            session: SessionConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `fanout_gateway=debug,info`.
+    /// `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Accepted JWT signature algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with a shared secret.
+    HS256,
+    /// RSA PKCS#1 v1.5 with SHA-256, verified with a public key.
+    RS256,
+    /// ECDSA P-256 with SHA-256, verified with a public key.
+    ES256,
+}
+
+/// One verification key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyConfig {
+    /// The algorithm tokens must be signed with; any other is refused.
+    pub algorithm: Option<JwtAlgorithm>,
+    /// Shared secret for HS256.
+    pub secret: Option<String>,
+    /// PEM public key file for RS256 / ES256.
+    pub public_key_file: Option<PathBuf>,
+}
+
+impl KeyConfig {
+    /// Whether any key material is set.
+    pub fn is_set(&self) -> bool {
+        self.secret.is_some() || self.public_key_file.is_some()
+    }
+}
+
+/// Token verification: a default key and optional per-tenant keys.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Algorithm of the default key (for tenants without their own key).
+    pub algorithm: Option<JwtAlgorithm>,
+    /// HS256 secret of the default key.
+    pub secret: Option<String>,
+    /// RS256 / ES256 PEM public key file of the default key.
+    pub public_key_file: Option<PathBuf>,
+    /// Clock skew allowed when checking `exp`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Keys of tenants that sign their own tokens. A token whose `tenant`
+    /// has a key here is verified with that key only.
+    pub tenants: BTreeMap<String, KeyConfig>,
+}
+
+impl AuthConfig {
+    /// The key for tenants without their own key.
+    pub fn default_key(&self) -> KeyConfig {
+        KeyConfig {
+            algorithm: self.algorithm,
+            secret: self.secret.clone(),
+            public_key_file: self.public_key_file.clone(),
+        }
+    }
+}
+
+/// One API key of the backend HTTP API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// The bearer token backends send.
+    pub key: String,
+    /// When set, the key may only act on this tenant (others answer 403).
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+/// Limits; every one has a default sized for a general-purpose deployment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest client frame; larger closes the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// Largest published message payload (`data`, JSON-encoded); larger is 413.
+    pub max_message_bytes: usize,
+    /// Rooms one connection may be subscribed to at once.
+    pub max_rooms_per_connection: usize,
+    /// Connections one user may hold (0 = unlimited); beyond closes 4003.
+    pub max_connections_per_user: u32,
+    /// Connections one tenant may hold (0 = unlimited); beyond closes 4003.
+    pub max_connections_per_tenant: u32,
+    /// Sustained client publishes per second per connection.
+    pub publish_rate: f64,
+    /// Publishes a connection may burst above the sustained rate.
+    pub publish_burst: u32,
+    /// Consecutive rate-limited publishes before closing with 4008.
+    pub rate_limit_strikes: u32,
+    /// Consecutive malformed frames before closing with 4000.
+    pub malformed_strikes: u32,
+    /// Frames a connection's send queue may hold before it is closed with 4009.
+    pub send_queue_messages: usize,
+    /// Bytes a connection's send queue may hold before it is closed with 4009.
+    pub send_queue_bytes: usize,
+    /// Largest HTTP API request body; larger is 413.
+    pub max_http_body_bytes: usize,
+    /// Most messages in one `/v1/publish/batch`.
+    pub max_batch_messages: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 65_536,
+            max_message_bytes: 65_536,
+            max_rooms_per_connection: 100,
+            max_connections_per_user: 32,
+            max_connections_per_tenant: 0,
+            publish_rate: 20.0,
+            publish_burst: 40,
+            rate_limit_strikes: 20,
+            malformed_strikes: 10,
+            send_queue_messages: 1_024,
+            send_queue_bytes: 4 * 1024 * 1024,
+            max_http_body_bytes: 1024 * 1024,
+            max_batch_messages: 1_000,
+        }
+    }
+}
+
+/// Per-connection timers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Time to authenticate after the upgrade; then 4001.
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Interval of server WebSocket pings (also sent in `welcome`).
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A connection silent this long (no frame, no pong) is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A socket write that takes longer than this closes the connection.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            auth_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Shutdown on SIGTERM / SIGINT.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Longest time from the signal to exit; connections still open then are dropped.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Checks that go beyond types: ranges, combinations, files that must exist.
+
+use super::{Config, ConfigError, JwtAlgorithm, KeyConfig};
+
+/// HS256 secret of development mode. Public on purpose: development mode only
+/// listens on loopback, and `fanout token` must mint tokens the node accepts.
+pub const DEV_SECRET: &str = "fanout-dev-secret-DO-NOT-USE-IN-PRODUCTION";
+/// API key of development mode.
+pub const DEV_API_KEY: &str = "fanout-dev-api-key";
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Development mode: no token key and no API key configured.
+    pub fn is_dev_mode(&self) -> bool {
+        !self.auth.default_key().is_set()
+            && self.auth.tenants.is_empty()
+            && self.api_keys.is_empty()
+    }
+
+    /// Checks every value that types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.is_dev_mode() && !self.listen.ip().is_loopback() {
+            return Err(invalid(
+                "auth",
+                format!(
+                    "no token key and no API key are configured (development mode), which is \
+                     only allowed on a loopback address, but `listen` is {}; set auth.secret \
+                     (or auth.public_key_file) and api_keys",
+                    self.listen
+                ),
+            ));
+        }
+        if let Some(id) = &self.node_id {
+            fanout_protocol::names::validate_name("node", id)
+                .map_err(|e| invalid("node_id", e.to_string()))?;
+        }
+        check_key("auth", &self.auth.default_key(), false)?;
+        for key in self.auth.tenants.values() {
+            check_key("auth.tenants", key, true)?;
+        }
+        for tenant in self.auth.tenants.keys() {
+            fanout_protocol::names::validate_name("tenant", tenant)
+                .map_err(|e| invalid("auth.tenants", e.to_string()))?;
+        }
+        for key in &self.api_keys {
+            if key.key.len() < 16 {
+                return Err(invalid(
+                    "api_keys.key",
+                    "an API key must be at least 16 characters",
+                ));
+            }
+            if let Some(t) = &key.tenant {
+                fanout_protocol::names::validate_name("tenant", t)
+                    .map_err(|e| invalid("api_keys.tenant", e.to_string()))?;
+            }
+        }
+        self.validate_limits()?;
+        let s = &self.session;
+        if s.ping_interval.is_zero() {
+            return Err(invalid(
+                "session.ping_interval",
+                "must be greater than zero",
+            ));
+        }
+        if s.ping_interval >= s.idle_timeout {
+            return Err(invalid(
+                "session.ping_interval",
+                format!(
+                    "must be shorter than session.idle_timeout ({:?}), or live clients are closed as idle",
+                    s.idle_timeout
+                ),
+            ));
+        }
+        if s.auth_timeout.is_zero() {
+            return Err(invalid("session.auth_timeout", "must be greater than zero"));
+        }
+        if s.write_timeout.is_zero() {
+            return Err(invalid(
+                "session.write_timeout",
+                "must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let positive: [(&'static str, usize); 7] = [
+            ("limits.max_frame_bytes", l.max_frame_bytes),
+            ("limits.max_message_bytes", l.max_message_bytes),
+            (
+                "limits.max_rooms_per_connection",
+                l.max_rooms_per_connection,
+            ),
+            ("limits.send_queue_messages", l.send_queue_messages),
+            ("limits.send_queue_bytes", l.send_queue_bytes),
+            ("limits.max_http_body_bytes", l.max_http_body_bytes),
+            ("limits.max_batch_messages", l.max_batch_messages),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(invalid(field, "must be greater than zero"));
+            }
+        }
+        if !(l.publish_rate.is_finite() && l.publish_rate > 0.0) {
+            return Err(invalid("limits.publish_rate", "must be a positive number"));
+        }
+        if l.publish_burst == 0 {
+            return Err(invalid("limits.publish_burst", "must be at least 1"));
+        }
+        if l.rate_limit_strikes == 0 {
+            return Err(invalid("limits.rate_limit_strikes", "must be at least 1"));
+        }
+        if l.malformed_strikes == 0 {
+            return Err(invalid("limits.malformed_strikes", "must be at least 1"));
+        }
+        if l.send_queue_bytes < l.max_message_bytes {
+            return Err(invalid(
+                "limits.send_queue_bytes",
+                "must be at least limits.max_message_bytes, or one large message closes every reader",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_key(field: &'static str, key: &KeyConfig, must_be_set: bool) -> Result<(), ConfigError> {
+    if !key.is_set() {
+        if must_be_set {
+            return Err(invalid(
+                field,
+                "a tenant key needs `secret` or `public_key_file`",
+            ));
+        }
+        if key.algorithm.is_some() {
+            return Err(invalid(
+                field,
+                "`algorithm` is set but no `secret` or `public_key_file`",
+            ));
+        }
+        return Ok(());
+    }
+    let alg = key.algorithm.unwrap_or(if key.secret.is_some() {
+        JwtAlgorithm::HS256
+    } else {
+        JwtAlgorithm::RS256
+    });
+    match (alg, &key.secret, &key.public_key_file) {
+        (JwtAlgorithm::HS256, Some(secret), None) => {
+            if secret.len() < 16 {
+                return Err(invalid(
+                    field,
+                    "an HS256 secret must be at least 16 characters",
+                ));
+            }
+        }
+        (JwtAlgorithm::HS256, _, _) => {
+            return Err(invalid(
+                field,
+                "HS256 takes `secret` (and no `public_key_file`)",
+            ));
+        }
+        (_, None, Some(path)) => {
+            if !path.is_file() {
+                return Err(invalid(
+                    field,
+                    format!("public_key_file {} is not a readable file", path.display()),
+                ));
+            }
+        }
+        (_, _, _) => {
+            return Err(invalid(
+                field,
+                format!("{alg:?} takes `public_key_file` (and no `secret`)"),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! The one error type of the HTTP API and its mapping to status and body.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fanout_protocol::api::{ErrorBody, ErrorResponse};
+
+use crate::node::NodeError;
+
+/// Everything an API request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No or unknown API key.
+    #[error("missing or unknown API key")]
+    Unauthorized,
+    /// The key is limited to another tenant.
+    #[error("this API key may not act on tenant {0:?}")]
+    ForbiddenTenant(String),
+    /// Body could not be parsed.
+    #[error("{0}")]
+    BadBody(String),
+    /// Unsupported `Content-Type`.
+    #[error("unsupported content type {0:?}; send application/json or application/msgpack")]
+    UnsupportedMediaType(String),
+    /// Body larger than `max_http_body_bytes`.
+    #[error("request body exceeds {0} bytes")]
+    BodyTooLarge(usize),
+    /// A domain error.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// A batch entry failed validation.
+    #[error("messages[{index}]: {source}")]
+    BatchEntry {
+        /// Index into `messages`.
+        index: usize,
+        /// The entry's error.
+        source: NodeError,
+    },
+    /// No such route.
+    #[error("no such endpoint")]
+    NotFound,
+    /// The node is draining.
+    #[error("node is draining; retry on another node")]
+    Draining,
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::ForbiddenTenant(_) => (StatusCode::FORBIDDEN, "forbidden_tenant"),
+            ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+            ApiError::Node(e) | ApiError::BatchEntry { source: e, .. } => match e {
+                NodeError::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+                NodeError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+                NodeError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+                NodeError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+                NodeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                NodeError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let ApiError::Node(NodeError::Internal(cause)) = &self {
+            tracing::error!(%cause, "internal error in HTTP API");
+        }
+        let body = ErrorResponse {
+            error: ErrorBody {
+                code: code.into(),
+                message: self.to_string(),
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,221 @@
+//! A connection's send queue, bounded by frames and bytes. The slow-consumer
+//! policy of the whole node lives here, in [`SendQueue::push`].
+//!
+//! Why not a `tokio::sync::mpsc` channel: a bounded channel allocates a block
+//! of 32 slots up front, about 2.5 KiB with tungstenite's `Message`, for
+//! every connection, idle or not. A `VecDeque` behind a mutex costs nothing
+//! until a frame is queued and is shrunk when it drains, which matters at
+//! 100k mostly idle sockets. The mutex is a `std` one: it is held for a push
+//! or a pop, never across an `.await`. One `Notify` wakes the session for
+//! both new frames and a close request, so a session waits on one future.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use fanout_protocol::CloseCode;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A request to close the connection, with its code and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRequest {
+    /// Close code sent to the client.
+    pub code: CloseCode,
+    /// Close reason sent to the client.
+    pub reason: String,
+}
+
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// This push overflowed the queue; the connection is now closing with 4009.
+    Overflow,
+    /// The connection was already closing; the frame was not queued.
+    Closing,
+}
+
+/// What the session should do next.
+#[derive(Debug)]
+pub enum Next {
+    /// Write this frame.
+    Frame(Message),
+    /// Close with this request (all frames queued before it were returned first).
+    Close(CloseRequest),
+    /// Nothing to do.
+    Empty,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Message>,
+    bytes: usize,
+    close: Option<CloseRequest>,
+}
+
+/// The bounded outbound queue of one connection.
+#[derive(Debug)]
+pub struct SendQueue {
+    state: Mutex<State>,
+    notify: Notify,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+/// Capacity kept after the queue drains; above it the buffer is released.
+const KEEP_CAPACITY: usize = 16;
+
+impl SendQueue {
+    /// An empty queue with the given bounds.
+    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            max_frames,
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state torn (every
+        // critical section is a few field updates), so a poisoned lock is used as is.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `frame`. Never waits: a full queue closes the connection (4009)
+    /// and drops what it held, so one slow reader cannot hold memory or
+    /// delay a broadcast.
+    pub fn push(&self, frame: Message) -> Result<(), PushError> {
+        let len = frame.len();
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return Err(PushError::Closing);
+        }
+        if state.frames.len() >= self.max_frames || state.bytes + len > self.max_bytes {
+            state.frames = VecDeque::new();
+            state.bytes = 0;
+            state.close = Some(CloseRequest {
+                code: CloseCode::SlowConsumer,
+                reason: "send queue overflow".into(),
+            });
+            drop(state);
+            self.notify.notify_one();
+            return Err(PushError::Overflow);
+        }
+        state.bytes += len;
+        state.frames.push_back(frame);
+        drop(state);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Asks the session to close. Frames already queued are still written
+    /// first. The first request wins; later ones are ignored.
+    pub fn close(&self, code: CloseCode, reason: impl Into<String>) {
+        let mut state = self.lock();
+        if state.close.is_none() {
+            state.close = Some(CloseRequest {
+                code,
+                reason: reason.into(),
+            });
+        }
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// Whether a close was requested.
+    pub fn is_closing(&self) -> bool {
+        self.lock().close.is_some()
+    }
+
+    /// Takes the next thing to do.
+    pub fn pop(&self) -> Next {
+        let mut state = self.lock();
+        if let Some(frame) = state.frames.pop_front() {
+            state.bytes -= frame.len();
+            if state.frames.is_empty() && state.frames.capacity() > KEEP_CAPACITY {
+                state.frames = VecDeque::new();
+            }
+            return Next::Frame(frame);
+        }
+        match &state.close {
+            Some(req) => Next::Close(req.clone()),
+            None => Next::Empty,
+        }
+    }
+
+    /// Completes when something was pushed or a close was requested since
+    /// the last wake-up. `Notify` keeps one permit, so a push that happens
+    /// between a `pop` returning `Empty` and this call is not missed.
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Frames and bytes currently queued.
+    pub fn depth(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.frames.len(), state.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Message {
+        Message::Text(s.into())
+    }
+
+    #[test]
+    fn bounded_by_frames() {
+        let q = SendQueue::new(2, 1024);
+        q.push(text("a")).unwrap();
+        q.push(text("b")).unwrap();
+        assert_eq!(q.push(text("c")), Err(PushError::Overflow));
+        assert_eq!(q.push(text("d")), Err(PushError::Closing));
+        match q.pop() {
+            Next::Close(req) => assert_eq!(req.code, CloseCode::SlowConsumer),
+            other => panic!("expected close, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bounded_by_bytes() {
+        let q = SendQueue::new(100, 10);
+        q.push(text("12345")).unwrap();
+        q.push(text("12345")).unwrap();
+        assert_eq!(q.push(text("1")), Err(PushError::Overflow));
+    }
+
+    #[test]
+    fn close_comes_after_queued_frames() {
+        let q = SendQueue::new(10, 1024);
+        q.push(text("a")).unwrap();
+        q.close(CloseCode::Restart, "draining");
+        q.close(CloseCode::AuthFailed, "ignored: first close wins");
+        assert!(matches!(q.pop(), Next::Frame(_)));
+        match q.pop() {
+            Next::Close(req) => assert_eq!(req.code, CloseCode::Restart),
+            other => panic!("expected close, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bytes_are_released_on_pop() {
+        let q = SendQueue::new(10, 10);
+        for _ in 0..5 {
+            q.push(text("123456")).unwrap();
+            assert!(matches!(q.pop(), Next::Frame(_)));
+        }
+        assert_eq!(q.depth(), (0, 0));
+        assert!(matches!(q.pop(), Next::Empty));
+    }
+
+    #[tokio::test]
+    async fn wait_sees_a_push_made_before_it() {
+        let q = SendQueue::new(10, 1024);
+        q.push(text("a")).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), q.wait())
+            .await
+            .expect("a permit from the earlier push");
+    }
+}

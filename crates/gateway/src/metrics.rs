@@ -1,0 +1,118 @@
+//! Metric names and the helpers that record them, in one place so that the
+//! names in dashboards and alerts are defined once.
+//!
+//! Recording goes through the `metrics` facade; [`install`] sets up the
+//! Prometheus recorder whose text `/metrics` renders. The facade's recorder
+//! is process-global by design (it is what lets every module record without
+//! passing a registry around); installation is idempotent so tests that run
+//! several nodes in one process share it.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use fanout_protocol::{CloseCode, Name};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Open connections, by tenant.
+pub const CONNECTIONS: &str = "fanout_connections";
+/// Connections opened (authenticated and admitted).
+pub const CONNECTIONS_OPENED: &str = "fanout_connections_opened_total";
+/// Connections closed, by close code label.
+pub const CONNECTIONS_CLOSED: &str = "fanout_connections_closed_total";
+/// Frames received from clients, by type.
+pub const MESSAGES_IN: &str = "fanout_messages_in_total";
+/// Frames written to clients.
+pub const MESSAGES_OUT: &str = "fanout_messages_out_total";
+/// Messages accepted for publishing, by source (ws, http) and scope.
+pub const PUBLISHES: &str = "fanout_publishes_total";
+/// Frames queued to local connections by broadcasts.
+pub const DELIVERIES: &str = "fanout_deliveries_total";
+/// Frames not delivered, by reason.
+pub const DROPPED: &str = "fanout_dropped_total";
+/// Connections closed with 4009.
+pub const SLOW_CONSUMER_CLOSES: &str = "fanout_slow_consumer_closes_total";
+/// Refused tokens, by reason.
+pub const AUTH_FAILURES: &str = "fanout_auth_failures_total";
+/// Error frames sent, by code.
+pub const CLIENT_ERRORS: &str = "fanout_client_errors_total";
+/// Seconds from a message's acceptance to its last local enqueue.
+pub const FANOUT_LATENCY: &str = "fanout_fanout_latency_seconds";
+/// HTTP API requests, by route and status.
+pub const HTTP_REQUESTS: &str = "fanout_http_requests_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(FANOUT_LATENCY.into()),
+                    &[
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0,
+                    ],
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding
+            // application's); then ours only renders what it records itself.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub(crate) fn connection_opened(tenant: &Name) {
+    gauge!(CONNECTIONS, "tenant" => tenant.to_string()).increment(1.0);
+    counter!(CONNECTIONS_OPENED).increment(1);
+}
+
+pub(crate) fn connection_closed(tenant: &Name) {
+    gauge!(CONNECTIONS, "tenant" => tenant.to_string()).decrement(1.0);
+}
+
+pub(crate) fn close_code(code: CloseCode) {
+    counter!(CONNECTIONS_CLOSED, "code" => code.label()).increment(1);
+}
+
+pub(crate) fn frame_in(kind: &'static str) {
+    counter!(MESSAGES_IN, "type" => kind).increment(1);
+}
+
+pub(crate) fn frames_out(n: u64) {
+    counter!(MESSAGES_OUT).increment(n);
+}
+
+pub(crate) fn published(source: &'static str, scope: &'static str) {
+    counter!(PUBLISHES, "source" => source, "scope" => scope).increment(1);
+}
+
+pub(crate) fn delivered(queued: u64, accepted_at: Instant) {
+    counter!(DELIVERIES).increment(queued);
+    histogram!(FANOUT_LATENCY).record(accepted_at.elapsed().as_secs_f64());
+}
+
+pub(crate) fn dropped(reason: &'static str) {
+    counter!(DROPPED, "reason" => reason).increment(1);
+}
+
+pub(crate) fn slow_consumer_closed() {
+    counter!(SLOW_CONSUMER_CLOSES).increment(1);
+    counter!(DROPPED, "reason" => "slow_consumer").increment(1);
+}
+
+pub(crate) fn auth_failed(reason: &'static str) {
+    counter!(AUTH_FAILURES, "reason" => reason).increment(1);
+}
+
+pub(crate) fn client_error(code: u16) {
+    counter!(CLIENT_ERRORS, "code" => code.to_string()).increment(1);
+}
+
+pub(crate) fn http_request(route: String, status: u16) {
+    counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
+}

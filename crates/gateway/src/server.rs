@@ -1,0 +1,192 @@
+//! Binding, serving and draining a node.
+//!
+//! [`Server::bind`] turns a [`Config`] into a listening node; [`Server::run`]
+//! serves until its shutdown token is cancelled and then drains within the
+//! configured grace: readiness false, no new upgrades (503), every client
+//! closed with 1012, wait for sessions to finish, then stop the bus. Tests
+//! use the same type on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cluster::Bus;
+use crate::cluster::embedded::EmbeddedBus;
+use crate::config::Config;
+use crate::http;
+use crate::hub::Hub;
+use crate::node::{Node, NodeParts};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Config could not be turned into running state (e.g. a key file).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// A bound, not yet serving node.
+pub struct Server {
+    node: Node,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+}
+
+/// A node id from the host name plus a random suffix, so that two processes
+/// on one host (or a restarted pod) never share an id.
+fn generated_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii() && fanout_protocol::names::is_name_byte(*c as u8))
+        .take(100)
+        .collect();
+    let host = if host.is_empty() {
+        "fanout".to_string()
+    } else {
+        host
+    };
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+impl Server {
+    /// Builds the node and binds its listeners.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let hub = Hub::new();
+        let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(hub.clone()));
+        let listener = bind(config.listen).await?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let id = config.node_id.clone().unwrap_or_else(generated_node_id);
+        let node = Node::new(
+            config,
+            NodeParts {
+                id,
+                hub,
+                bus,
+                metrics: crate::metrics::install(),
+            },
+        )
+        .map_err(StartError::Config)?;
+        Ok(Self {
+            node,
+            listener,
+            metrics_listener,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The address the main listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.node.config().listen)
+    }
+
+    /// The address of the separate metrics listener, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The node's shared state.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Cancelling this token starts the drain.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains and returns.
+    pub async fn run(self) -> std::io::Result<()> {
+        let Server {
+            node,
+            listener,
+            metrics_listener,
+            shutdown,
+        } = self;
+        let app = http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let main = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .into_future(),
+        );
+        let ops = metrics_listener.map(|l| {
+            let app = http::ops_router().with_state(node.clone());
+            tokio::spawn(
+                axum::serve(l, app)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .into_future(),
+            )
+        });
+
+        shutdown.cancelled().await;
+        drain(&node).await;
+        let grace = node.config().shutdown.grace;
+        if tokio::time::timeout(grace, main).await.is_err() {
+            warn!("HTTP requests still open after the grace period; exiting anyway");
+        }
+        if let Some(ops) = ops {
+            let _ = tokio::time::timeout(Duration::from_secs(1), ops).await;
+        }
+        node.bus().shutdown().await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Readiness false, close every client with 1012, wait for sessions (bounded).
+async fn drain(node: &Node) {
+    node.begin_drain();
+    let grace = node.config().shutdown.grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    let closing = node.close_all_connections();
+    info!(connections = closing, grace = ?grace, "draining");
+    node.sessions().close();
+    // Sessions admitted while the first close went out are closed on the next pass.
+    loop {
+        let pass = tokio::time::Instant::now() + Duration::from_millis(100);
+        if tokio::time::timeout_at(pass.min(deadline), node.sessions().wait())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!(
+                left = node.hub().connection_count(),
+                "grace period over; dropping remaining connections"
+            );
+            break;
+        }
+        node.close_all_connections();
+    }
+}

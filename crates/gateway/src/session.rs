@@ -1,0 +1,429 @@
+//! One WebSocket connection, from upgrade to close.
+//!
+//! A session is one struct running one `select!` loop over four sources:
+//!
+//! ```text
+//!   send queue (frames, close requests) ──▶ feed … feed, one flush
+//!   socket reads                        ──▶ decode ─▶ authorize ─▶ node call ─▶ reply into the queue
+//!   one timer                           ──▶ server ping / idle close / token expiry
+//! ```
+//!
+//! Everything the session writes goes through its own bounded queue
+//! ([`crate::hub::queue`]), replies included, so the slow-consumer policy
+//! has one place and the writer batches whatever is pending into one flush.
+//! A close request (4009 overflow, 4001 disconnect-user, 1012 drain) arrives
+//! through the same queue, after the frames queued before it.
+//!
+//! Timers: instead of three timers per connection there is one `Sleep`,
+//! reset only when the earliest of (next ping, idle deadline, token expiry)
+//! changes; the idle deadline moves with every frame read, but that costs
+//! one `Instant` store, not a timer-wheel update.
+
+mod handshake;
+mod rate;
+mod requests;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fanout_protocol::{CloseCode, Codec, Name, ServerFrame};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::auth::Grant;
+use crate::cluster::AdmitError;
+use crate::hub::ConnHandle;
+use crate::hub::queue::{CloseRequest, Next, SendQueue};
+use crate::message::to_message;
+use crate::metrics as m;
+use crate::node::{Node, now_millis};
+use handshake::{AuthOutcome, authenticate};
+use rate::TokenBucket;
+
+/// What the upgrade handler learned before handing the socket over.
+#[derive(Debug, Clone)]
+pub struct Upgrade {
+    /// Codec chosen by subprotocol.
+    pub codec: Codec,
+    /// Bearer token from the upgrade request, if any.
+    pub header_token: Option<String>,
+    /// Peer address (of the proxy, behind one).
+    pub peer: SocketAddr,
+    /// A subprotocol was offered but none of fanout's: close 4000 after the handshake.
+    pub unsupported_subprotocol: bool,
+}
+
+/// How long a closing session waits for the peer's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Runs a session to completion. Spawned once per upgraded socket.
+pub async fn run<S>(node: Node, mut ws: WebSocketStream<S>, upgrade: Upgrade)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let span = info_span!("conn", node = node.id(), peer = %upgrade.peer, conn = tracing::field::Empty,
+        tenant = tracing::field::Empty, user = tracing::field::Empty);
+    async move {
+        if upgrade.unsupported_subprotocol {
+            let reason = "unsupported subprotocol: offer fanout.json or fanout.msgpack";
+            close_socket(&mut ws, CloseCode::ProtocolViolation, reason).await;
+            return;
+        }
+        let cfg = &node.config().session;
+        let grant = match authenticate(
+            &mut ws,
+            node.verifier(),
+            upgrade.codec,
+            upgrade.header_token.as_deref(),
+            cfg.auth_timeout,
+        )
+        .await
+        {
+            Ok(grant) => grant,
+            Err(AuthOutcome::Refused(reason)) => {
+                debug!(%reason, "authentication refused");
+                close_socket(&mut ws, CloseCode::AuthFailed, &reason).await;
+                return;
+            }
+            Err(AuthOutcome::Gone) => return,
+        };
+        let Some(handle) = admit(&node, &mut ws, &grant, upgrade.codec).await else {
+            return;
+        };
+        let span = tracing::Span::current();
+        span.record("conn", handle.public_id.as_str());
+        span.record("tenant", grant.tenant.as_str());
+        span.record("user", grant.user.as_str());
+        let mut session = Session::new(node, ws, handle, grant);
+        session.welcome();
+        session.run().await;
+        session.cleanup().await;
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Adds the connection to the hub and the cluster, or closes it with 4003 / 1013.
+async fn admit<S>(
+    node: &Node,
+    ws: &mut WebSocketStream<S>,
+    grant: &Grant,
+    codec: Codec,
+) -> Option<Arc<ConnHandle>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = &node.config().limits;
+    let id = node.hub().next_conn_id();
+    let handle = Arc::new(ConnHandle {
+        id,
+        public_id: format!("{}-{id}", node.id()),
+        tenant: grant.tenant.clone(),
+        user: grant.user.clone(),
+        codec,
+        queue: SendQueue::new(limits.send_queue_messages, limits.send_queue_bytes),
+    });
+    if let Err(limit) = node.hub().try_insert(handle.clone(), node.conn_limits()) {
+        close_socket(ws, CloseCode::LimitReached, &limit.to_string()).await;
+        return None;
+    }
+    match node.bus().register(&handle, node.conn_limits()).await {
+        Ok(()) => Some(handle),
+        Err(err) => {
+            node.hub().remove(handle.id);
+            match err {
+                AdmitError::Limit(limit) => {
+                    close_socket(ws, CloseCode::LimitReached, &limit.to_string()).await
+                }
+                AdmitError::Unavailable(e) => {
+                    warn!(error = %e, "connection refused: bus unavailable");
+                    close_raw(ws, 1013, "cluster unavailable, retry later").await;
+                }
+            }
+            None
+        }
+    }
+}
+
+/// Sends a close frame and waits briefly for the peer's.
+async fn close_socket<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    m::close_code(code);
+    close_raw(ws, code.as_u16(), reason).await;
+}
+
+async fn close_raw<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // Close reasons are limited to 123 bytes by RFC 6455.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let frame = CloseFrame {
+        code: WsCloseCode::from(code),
+        reason: reason[..end].into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        if ws.close(Some(frame)).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+/// What the loop does after handling one event.
+enum Flow {
+    Continue,
+    Close(CloseCode, String),
+    /// The peer is gone (or the socket failed): no close frame to send.
+    Gone,
+}
+
+/// An authenticated, admitted connection.
+struct Session<S> {
+    node: Node,
+    ws: WebSocketStream<S>,
+    handle: Arc<ConnHandle>,
+    grant: Grant,
+    /// Rooms this connection is subscribed to; the session owns this set.
+    rooms: HashSet<Name>,
+    publish_bucket: TokenBucket,
+    /// Consecutive rate-limited publishes (→ 4008).
+    rate_strikes: u32,
+    /// Consecutive malformed frames (→ 4000).
+    malformed_strikes: u32,
+    last_seen: Instant,
+    next_ping: Instant,
+    expires: Instant,
+}
+
+/// The `Instant` at which a token with `exp` (seconds since the epoch) expires.
+fn expiry_instant(exp: u64, leeway: Duration) -> Instant {
+    let now_ms = now_millis();
+    let exp_ms = exp
+        .saturating_mul(1000)
+        .saturating_add(leeway.as_millis() as u64);
+    Instant::now() + Duration::from_millis(exp_ms.saturating_sub(now_ms))
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn new(node: Node, ws: WebSocketStream<S>, handle: Arc<ConnHandle>, grant: Grant) -> Self {
+        let now = Instant::now();
+        let cfg = node.config();
+        let expires = expiry_instant(grant.expires_at, cfg.auth.leeway);
+        Self {
+            publish_bucket: TokenBucket::new(
+                cfg.limits.publish_rate,
+                cfg.limits.publish_burst,
+                now.into_std(),
+            ),
+            next_ping: now + cfg.session.ping_interval,
+            node,
+            ws,
+            handle,
+            grant,
+            rooms: HashSet::new(),
+            rate_strikes: 0,
+            malformed_strikes: 0,
+            last_seen: now,
+            expires,
+        }
+    }
+
+    /// Queues a frame for this connection in its codec.
+    fn reply(&self, frame: &ServerFrame<'_>) {
+        match self.handle.codec.encode(frame) {
+            Ok(encoded) => {
+                // An overflow here closes the connection through the queue.
+                let _ = self.handle.queue.push(to_message(encoded));
+            }
+            Err(e) => warn!(error = %e, "encoding a reply failed"),
+        }
+    }
+
+    fn welcome(&self) {
+        let ping = self.node.config().session.ping_interval.as_secs().max(1);
+        self.reply(&ServerFrame::Welcome {
+            conn: &self.handle.public_id,
+            node: self.node.id(),
+            tenant: self.grant.tenant.as_str(),
+            user: self.grant.user.as_str(),
+            ping_interval: ping,
+        });
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let idle = self.last_seen + self.node.config().session.idle_timeout;
+        self.next_ping.min(idle).min(self.expires)
+    }
+
+    async fn run(&mut self) {
+        let timer = tokio::time::sleep_until(self.next_deadline());
+        tokio::pin!(timer);
+        loop {
+            let deadline = self.next_deadline();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            let flow = tokio::select! {
+                biased;
+                () = self.handle.queue.wait() => self.write_queued().await,
+                incoming = self.ws.next() => self.on_incoming(incoming).await,
+                () = &mut timer => self.on_timer().await,
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Gone => {
+                    m::close_code(CloseCode::Normal);
+                    return;
+                }
+                Flow::Close(code, reason) => {
+                    debug!(code = code.as_u16(), %reason, "closing");
+                    close_socket(&mut self.ws, code, &reason).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes everything queued with `feed`, then one `flush`.
+    async fn write_queued(&mut self) -> Flow {
+        let write_timeout = self.node.config().session.write_timeout;
+        let mut written = 0u64;
+        let close = loop {
+            match self.handle.queue.pop() {
+                Next::Frame(msg) => {
+                    match tokio::time::timeout(write_timeout, self.ws.feed(msg)).await {
+                        Ok(Ok(())) => written += 1,
+                        Ok(Err(e)) => return self.write_failed(e),
+                        Err(_) => {
+                            return Flow::Close(CloseCode::SlowConsumer, "write timed out".into());
+                        }
+                    }
+                }
+                Next::Close(CloseRequest { code, reason }) => break Some((code, reason)),
+                Next::Empty => break None,
+            }
+        };
+        if written > 0 {
+            match tokio::time::timeout(write_timeout, self.ws.flush()).await {
+                Ok(Ok(())) => m::frames_out(written),
+                Ok(Err(e)) => return self.write_failed(e),
+                Err(_) => return Flow::Close(CloseCode::SlowConsumer, "write timed out".into()),
+            }
+        }
+        match close {
+            Some((code, reason)) => Flow::Close(code, reason),
+            None => Flow::Continue,
+        }
+    }
+
+    fn write_failed(&self, e: WsError) -> Flow {
+        debug!(error = %e, "write failed");
+        Flow::Gone
+    }
+
+    async fn on_incoming(&mut self, incoming: Option<Result<Message, WsError>>) -> Flow {
+        let msg = match incoming {
+            None => return Flow::Gone,
+            Some(Ok(msg)) => msg,
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                return Flow::Close(
+                    CloseCode::TooBig,
+                    format!("frame of {size} bytes exceeds max_frame_bytes ({max_size})"),
+                );
+            }
+            Some(Err(WsError::Capacity(e))) => {
+                return Flow::Close(CloseCode::TooBig, e.to_string());
+            }
+            Some(Err(WsError::Protocol(e))) => {
+                return Flow::Close(
+                    CloseCode::ProtocolViolation,
+                    format!("websocket protocol error: {e}"),
+                );
+            }
+            Some(Err(WsError::Utf8(_))) => {
+                return Flow::Close(
+                    CloseCode::ProtocolViolation,
+                    "text frame is not valid UTF-8".into(),
+                );
+            }
+            Some(Err(e)) => {
+                debug!(error = %e, "read failed");
+                return Flow::Gone;
+            }
+        };
+        self.last_seen = Instant::now();
+        match msg {
+            Message::Text(text) => {
+                self.on_data(self.handle.codec == Codec::Json, text.as_bytes())
+                    .await
+            }
+            Message::Binary(bin) => {
+                self.on_data(self.handle.codec == Codec::MsgPack, &bin)
+                    .await
+            }
+            Message::Ping(_) => {
+                // tungstenite queued the pong; push it out now.
+                let timeout = self.node.config().session.write_timeout;
+                match tokio::time::timeout(timeout, self.ws.flush()).await {
+                    Ok(Ok(())) => Flow::Continue,
+                    _ => Flow::Gone,
+                }
+            }
+            Message::Pong(_) | Message::Frame(_) => Flow::Continue,
+            Message::Close(_) => {
+                let _ = tokio::time::timeout(CLOSE_LINGER, self.ws.flush()).await;
+                Flow::Gone
+            }
+        }
+    }
+
+    async fn on_timer(&mut self) -> Flow {
+        let now = Instant::now();
+        let cfg = &self.node.config().session;
+        if now >= self.expires {
+            m::auth_failed("expired");
+            return Flow::Close(CloseCode::AuthFailed, "token expired".into());
+        }
+        if now >= self.last_seen + cfg.idle_timeout {
+            return Flow::Close(CloseCode::Normal, "idle timeout".into());
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + cfg.ping_interval;
+            let send = tokio::time::timeout(
+                cfg.write_timeout,
+                self.ws.send(Message::Ping(Default::default())),
+            );
+            if !matches!(send.await, Ok(Ok(()))) {
+                return Flow::Gone;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Leaves every room (with leave events) and removes the connection.
+    async fn cleanup(&mut self) {
+        for room in std::mem::take(&mut self.rooms) {
+            self.leave_room(&room).await;
+        }
+        self.node.hub().remove(self.handle.id);
+        self.node.bus().unregister(&self.handle).await;
+    }
+}

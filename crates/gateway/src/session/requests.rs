@@ -1,0 +1,295 @@
+//! Client requests of an authenticated session: decode → authorize → node call → reply.
+
+use std::time::Instant;
+
+use fanout_protocol::frames::RequestId;
+use fanout_protocol::{ClientFrame, CloseCode, ErrorCode, FrameError, Name, ServerFrame};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use super::{Flow, Session, expiry_instant};
+use crate::message::Audience;
+use crate::metrics as m;
+use crate::node::{NodeError, PresenceEvent, Publish, PublishSource};
+
+fn frame_label(frame: &ClientFrame) -> &'static str {
+    match frame {
+        ClientFrame::Auth { .. } => "auth",
+        ClientFrame::Subscribe { .. } => "subscribe",
+        ClientFrame::Unsubscribe { .. } => "unsubscribe",
+        ClientFrame::Publish { .. } => "publish",
+        ClientFrame::Presence { .. } => "presence",
+        ClientFrame::Refresh { .. } => "refresh",
+        ClientFrame::Ping { .. } => "ping",
+    }
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Handles a text or binary frame. `codec_matches` is false when the
+    /// frame type does not fit the negotiated codec (text on msgpack, ...).
+    pub(super) async fn on_data(&mut self, codec_matches: bool, bytes: &[u8]) -> Flow {
+        let decoded = if codec_matches {
+            self.handle.codec.decode(bytes)
+        } else {
+            Err(FrameError::bad_request(
+                None,
+                format!(
+                    "wrong frame type for subprotocol {}: JSON uses text frames, MessagePack binary frames",
+                    self.handle.codec.subprotocol()
+                ),
+            ))
+        };
+        match decoded {
+            Ok(frame) => {
+                self.malformed_strikes = 0;
+                m::frame_in(frame_label(&frame));
+                self.on_frame(frame).await
+            }
+            Err(err) => {
+                m::frame_in("malformed");
+                self.malformed_strikes += 1;
+                self.error(&err);
+                if self.malformed_strikes >= self.node.config().limits.malformed_strikes {
+                    return Flow::Close(
+                        CloseCode::ProtocolViolation,
+                        "too many malformed frames".into(),
+                    );
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    fn error(&self, err: &FrameError) {
+        m::client_error(err.code.as_u16());
+        self.reply(&ServerFrame::error(err));
+    }
+
+    fn refuse(&self, id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) {
+        self.error(&FrameError {
+            id,
+            code,
+            message: message.into(),
+        });
+    }
+
+    fn node_error(&self, id: Option<RequestId>, err: &NodeError) {
+        if let NodeError::Internal(cause) = err {
+            tracing::error!(%cause, "internal error");
+        }
+        self.refuse(id, err.code(), err.to_string());
+    }
+
+    fn ack(&self, id: Option<RequestId>) {
+        self.reply(&ServerFrame::Ack { id });
+    }
+
+    async fn on_frame(&mut self, frame: ClientFrame) -> Flow {
+        match frame {
+            ClientFrame::Auth { .. } => {
+                self.refuse(None, ErrorCode::BadRequest, "already authenticated");
+                Flow::Continue
+            }
+            ClientFrame::Subscribe {
+                id,
+                room,
+                presence_events,
+            } => {
+                self.subscribe(id, room, presence_events).await;
+                Flow::Continue
+            }
+            ClientFrame::Unsubscribe { id, room } => {
+                if self.rooms.remove(&room) {
+                    self.leave_room(&room).await;
+                }
+                self.ack(id);
+                Flow::Continue
+            }
+            ClientFrame::Publish {
+                id,
+                room,
+                event,
+                data,
+            } => self.publish(id, room, event, data).await,
+            ClientFrame::Presence { id, room } => {
+                if !self.grant.can_query_presence(room.as_str()) {
+                    self.refuse(
+                        id,
+                        ErrorCode::Forbidden,
+                        format!("not allowed to see presence of {room}"),
+                    );
+                    return Flow::Continue;
+                }
+                match self.node.presence(&self.grant.tenant, &room).await {
+                    Ok(members) => self.reply(&ServerFrame::Presence {
+                        id,
+                        room: room.as_str(),
+                        members: &members,
+                    }),
+                    Err(e) => self.node_error(id, &e),
+                }
+                Flow::Continue
+            }
+            ClientFrame::Refresh { id, token } => {
+                self.refresh(id, &token);
+                Flow::Continue
+            }
+            ClientFrame::Ping { id } => {
+                self.reply(&ServerFrame::Pong { id });
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, id: Option<RequestId>, room: Name, presence_events: bool) {
+        if !self.grant.can_subscribe(room.as_str()) {
+            self.refuse(
+                id,
+                ErrorCode::Forbidden,
+                format!("not allowed to subscribe to {room}"),
+            );
+            return;
+        }
+        let max = self.node.config().limits.max_rooms_per_connection;
+        if !self.rooms.contains(&room) && self.rooms.len() >= max {
+            self.refuse(
+                id,
+                ErrorCode::Forbidden,
+                format!("room limit reached: at most {max} rooms per connection"),
+            );
+            return;
+        }
+        let joined = self.node.hub().join(&self.handle, &room, presence_events);
+        if !joined.new_member {
+            self.ack(id);
+            return;
+        }
+        match self.node.bus().joined(&self.handle, &room, joined).await {
+            Ok(user_joined) => {
+                self.rooms.insert(room.clone());
+                self.ack(id);
+                if user_joined {
+                    self.node
+                        .presence_event(PresenceEvent {
+                            tenant: &self.grant.tenant,
+                            room: &room,
+                            user: &self.grant.user,
+                            joined: true,
+                            cause: self.handle.id,
+                        })
+                        .await;
+                }
+            }
+            Err(e) => {
+                self.node.hub().leave(&self.handle, &room);
+                self.node_error(id, &NodeError::Unavailable(e));
+            }
+        }
+    }
+
+    /// Leaves `room` in the hub and the cluster and sends a leave event if due.
+    pub(super) async fn leave_room(&mut self, room: &Name) {
+        let left = self.node.hub().leave(&self.handle, room);
+        if !left.was_member {
+            return;
+        }
+        match self.node.bus().left(&self.handle, room, left).await {
+            Ok(true) => {
+                self.node
+                    .presence_event(PresenceEvent {
+                        tenant: &self.grant.tenant,
+                        room,
+                        user: &self.grant.user,
+                        joined: false,
+                        cause: self.handle.id,
+                    })
+                    .await;
+            }
+            Ok(false) => {}
+            Err(e) => debug!(error = %e, "leave not recorded in the cluster; it expires by TTL"),
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        id: Option<RequestId>,
+        room: Name,
+        event: Name,
+        data: serde_json::Value,
+    ) -> Flow {
+        if !self.grant.can_publish(room.as_str()) {
+            self.refuse(
+                id,
+                ErrorCode::Forbidden,
+                format!("not allowed to publish into {room}"),
+            );
+            return Flow::Continue;
+        }
+        if !self.publish_bucket.try_take(Instant::now()) {
+            self.rate_strikes += 1;
+            let limits = &self.node.config().limits;
+            if self.rate_strikes >= limits.rate_limit_strikes {
+                return Flow::Close(
+                    CloseCode::RateLimited,
+                    "publish rate limit exceeded repeatedly".into(),
+                );
+            }
+            self.refuse(
+                id,
+                ErrorCode::RateLimited,
+                format!(
+                    "rate limited: at most {} publishes per second",
+                    limits.publish_rate
+                ),
+            );
+            return Flow::Continue;
+        }
+        self.rate_strikes = 0;
+        let publish = Publish {
+            tenant: self.grant.tenant.clone(),
+            audience: Audience::Room(room),
+            event,
+            data,
+            exclude: Some(self.handle.id),
+        };
+        match self.node.publish(publish, PublishSource::Client).await {
+            Ok(_) => self.ack(id),
+            Err(e) => self.node_error(id, &e),
+        }
+        Flow::Continue
+    }
+
+    fn refresh(&mut self, id: Option<RequestId>, token: &str) {
+        let grant = match self.node.verifier().verify(token) {
+            Ok(g) => g,
+            Err(e) => {
+                m::auth_failed(e.label());
+                self.refuse(id, ErrorCode::Forbidden, format!("refresh refused: {e}"));
+                return;
+            }
+        };
+        if grant.user != self.grant.user || grant.tenant != self.grant.tenant {
+            m::auth_failed("refresh_identity");
+            self.refuse(
+                id,
+                ErrorCode::Forbidden,
+                "refresh refused: the token is for another user or tenant",
+            );
+            return;
+        }
+        if grant.expires_at <= self.grant.expires_at {
+            self.refuse(
+                id,
+                ErrorCode::BadRequest,
+                "refresh refused: the token must expire later than the current one",
+            );
+            return;
+        }
+        self.expires = expiry_instant(grant.expires_at, self.node.config().auth.leeway);
+        self.grant = grant;
+        self.ack(id);
+    }
+}
