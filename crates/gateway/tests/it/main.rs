@@ -1,0 +1,7 @@
+//! Integration tests over real TCP WebSockets and HTTP, one binary so the
+//! crate links once. Each module owns one area of the contract.
+
+#![allow(unreachable_pub, missing_docs, clippy::unwrap_used)]
+
+mod pubsub;
+mod support;
