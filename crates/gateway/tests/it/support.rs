@@ -373,3 +373,62 @@ impl Client {
         assert_eq!(reply["type"], "ack", "subscribe {room}: {reply}");
     }
 }
+
+// ---- helpers for api.rs, isolation.rs, ops.rs, cli.rs ----
+
+/// Milliseconds since the epoch.
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+impl TestServer {
+    /// Sends any request: optional API key, optional `Content-Type`, raw body.
+    /// Returns the status and the body parsed as JSON (`Null` when it is not JSON).
+    pub async fn send_http(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new().request(method, self.url(path));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(ct) = content_type {
+            req = req.header("Content-Type", ct);
+        }
+        let resp = req.body(body).send().await.expect("http request");
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET` with the given API key.
+    pub async fn get_with_key(&self, path: &str, key: &str) -> (u16, Value) {
+        self.send_http(reqwest::Method::GET, path, Some(key), None, Vec::new())
+            .await
+    }
+}
+
+impl Client {
+    /// Proves the connection is open and served: a `ping` gets its `pong`.
+    pub async fn assert_alive(&mut self) {
+        let pong = self
+            .request(serde_json::json!({"type":"ping"}), 4_242)
+            .await;
+        assert_eq!(pong["type"], "pong", "{pong}");
+    }
+}
+
+/// Asserts an API error answer: the status and `{"error":{"code":code,"message":<non-empty>}}`.
+pub fn assert_api_error(got: &(u16, Value), status: u16, code: &str) {
+    let (s, body) = got;
+    assert_eq!(*s, status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "error without message: {body}");
+}
