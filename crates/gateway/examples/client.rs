@@ -35,19 +35,25 @@ fn parse_args() -> Result<Args> {
         }
     }
     let token = token.context("--token is required (mint one with `fanout token`)")?;
-    Ok(Args { url, token, subscribe })
+    Ok(Args {
+        url,
+        token,
+        subscribe,
+    })
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
     let mut request = args.url.as_str().into_client_request()?;
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("fanout.json"));
-    request
-        .headers_mut()
-        .insert("Authorization", HeaderValue::from_str(&format!("Bearer {}", args.token))?);
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("fanout.json"),
+    );
+    request.headers_mut().insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Bearer {}", args.token))?,
+    );
     let (ws, _) = tokio_tungstenite::connect_async(request)
         .await
         .with_context(|| format!("cannot connect to {}", args.url))?;

@@ -138,6 +138,8 @@ mod tests {
     }
 
     #[test]
+    // `figment::Jail` fixes the closure's error type (`figment::Error`, large).
+    #[allow(clippy::result_large_err)]
     fn environment_overrides_the_file_and_ignores_foreign_variables() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("f.toml", "[limits]\nmax_frame_bytes = 2048\n")?;

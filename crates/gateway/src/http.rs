@@ -34,6 +34,7 @@ pub fn router(node: Node) -> Router {
         )
         .route("/v1/stats", get(api::stats))
         .merge(ops_router())
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn(count_requests))
         .with_state(node)

@@ -145,16 +145,19 @@ async fn wait_for_signal() {
 }
 
 fn print_dev_banner(addr: std::net::SocketAddr) {
-    eprintln!(
-        "\n\
-=====================================================================\n\
-  DEVELOPMENT MODE: no auth key or API key configured.\n\
-  Anyone who can reach {addr} can connect and publish.\n\
-  Token secret (HS256): {DEV_SECRET}\n\
-  API key:              {DEV_API_KEY}\n\
-  Mint a token:  fanout token --sub u1 --tenant t1 --rooms 'lobby,doc:*'\n\
-  Connect:       ws://{addr}/ws\n\
-  NEVER use these in production: set auth.secret and api_keys.\n\
-=====================================================================\n"
-    );
+    let lines = [
+        "DEVELOPMENT MODE: no auth key or API key is configured.".to_string(),
+        format!("Anyone who can reach {addr} can connect and publish."),
+        format!("Token secret (HS256): {DEV_SECRET}"),
+        format!("API key:              {DEV_API_KEY}"),
+        "Mint a token:  fanout token --sub u1 --tenant t1 --rooms 'lobby,doc:*'".to_string(),
+        format!("Connect:       ws://{addr}/ws"),
+        "NEVER use these in production: set auth.secret and api_keys.".to_string(),
+    ];
+    let rule = "=".repeat(72);
+    eprintln!("\n{rule}");
+    for line in lines {
+        eprintln!("  {line}");
+    }
+    eprintln!("{rule}\n");
 }

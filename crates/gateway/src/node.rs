@@ -16,12 +16,12 @@ mod error;
 mod publish;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use fanout_protocol::api::{NodeStats, StatsResponse};
 use fanout_protocol::{CloseCode, Name, PresenceMember};
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::NodeError;
@@ -40,7 +40,8 @@ struct NodeInner {
     verifier: TokenVerifier,
     api_keys: ApiKeys,
     metrics: PrometheusHandle,
-    draining: AtomicBool,
+    /// Cancelled when the drain starts; sessions still authenticating wait on it.
+    draining: CancellationToken,
     started: Instant,
     sessions: TaskTracker,
 }
@@ -94,7 +95,7 @@ impl Node {
                 verifier,
                 api_keys,
                 metrics: parts.metrics,
-                draining: AtomicBool::new(false),
+                draining: CancellationToken::new(),
                 started: Instant::now(),
                 sessions: TaskTracker::new(),
             }),
@@ -160,12 +161,17 @@ impl Node {
 
     /// Whether the node is draining (shutting down).
     pub fn is_draining(&self) -> bool {
-        self.inner.draining.load(Ordering::Acquire)
+        self.inner.draining.is_cancelled()
     }
 
     /// Starts draining: readiness turns false and new upgrades get 503.
     pub fn begin_drain(&self) {
-        self.inner.draining.store(true, Ordering::Release);
+        self.inner.draining.cancel();
+    }
+
+    /// Completes when the drain starts.
+    pub async fn drain_started(&self) {
+        self.inner.draining.cancelled().await;
     }
 
     /// Asks every local connection to close with 1012.

@@ -133,29 +133,38 @@ impl Server {
             metrics_listener,
             shutdown,
         } = self;
+        // The listeners keep serving during the drain, so that `/readyz`
+        // answers 503 and new upgrades get 503 instead of a refused
+        // connection; they stop once the sessions are gone.
+        let http_stop = CancellationToken::new();
         let app = http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let main = tokio::spawn(
+        let mut main = tokio::spawn(
             axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .with_graceful_shutdown(http_stop.clone().cancelled_owned())
                 .into_future(),
         );
         let ops = metrics_listener.map(|l| {
             let app = http::ops_router().with_state(node.clone());
             tokio::spawn(
                 axum::serve(l, app)
-                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .with_graceful_shutdown(http_stop.clone().cancelled_owned())
                     .into_future(),
             )
         });
 
         shutdown.cancelled().await;
-        drain(&node).await;
-        let grace = node.config().shutdown.grace;
-        if tokio::time::timeout(grace, main).await.is_err() {
+        // One deadline for the whole shutdown: `shutdown.grace` from the signal.
+        let deadline = tokio::time::Instant::now() + node.config().shutdown.grace;
+        drain(&node, deadline).await;
+        http_stop.cancel();
+        if tokio::time::timeout_at(deadline, &mut main).await.is_err() {
             warn!("HTTP requests still open after the grace period; exiting anyway");
+            main.abort();
         }
-        if let Some(ops) = ops {
-            let _ = tokio::time::timeout(Duration::from_secs(1), ops).await;
+        if let Some(mut ops) = ops
+            && tokio::time::timeout_at(deadline, &mut ops).await.is_err()
+        {
+            ops.abort();
         }
         node.bus().shutdown().await;
         info!("stopped");
@@ -164,10 +173,9 @@ impl Server {
 }
 
 /// Readiness false, close every client with 1012, wait for sessions (bounded).
-async fn drain(node: &Node) {
+async fn drain(node: &Node, deadline: tokio::time::Instant) {
     node.begin_drain();
     let grace = node.config().shutdown.grace;
-    let deadline = tokio::time::Instant::now() + grace;
     let closing = node.close_all_connections();
     info!(connections = closing, grace = ?grace, "draining");
     node.sessions().close();

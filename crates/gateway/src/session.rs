@@ -85,6 +85,7 @@ where
             upgrade.codec,
             upgrade.header_token.as_deref(),
             cfg.auth_timeout,
+            node.drain_started(),
         )
         .await
         {
@@ -92,6 +93,14 @@ where
             Err(AuthOutcome::Refused(reason)) => {
                 debug!(%reason, "authentication refused");
                 close_socket(&mut ws, CloseCode::AuthFailed, &reason).await;
+                return;
+            }
+            Err(AuthOutcome::TooBig(reason)) => {
+                close_socket(&mut ws, CloseCode::TooBig, &reason).await;
+                return;
+            }
+            Err(AuthOutcome::Draining) => {
+                close_socket(&mut ws, CloseCode::Restart, "node is draining").await;
                 return;
             }
             Err(AuthOutcome::Gone) => return,
@@ -212,11 +221,13 @@ struct Session<S> {
 
 /// The `Instant` at which a token with `exp` (seconds since the epoch) expires.
 fn expiry_instant(exp: u64, leeway: Duration) -> Instant {
+    // A far-future `exp` must not overflow `Instant` (that would panic).
+    const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
     let now_ms = now_millis();
     let exp_ms = exp
         .saturating_mul(1000)
         .saturating_add(leeway.as_millis() as u64);
-    Instant::now() + Duration::from_millis(exp_ms.saturating_sub(now_ms))
+    Instant::now() + Duration::from_millis(exp_ms.saturating_sub(now_ms)).min(MAX_LIFETIME)
 }
 
 impl<S> Session<S>
@@ -281,8 +292,10 @@ where
             if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);
             }
+            // Not `biased`: under a sustained broadcast the queue is always
+            // ready, and a fixed order would starve reads (and pongs, and so
+            // the idle deadline) of this connection.
             let flow = tokio::select! {
-                biased;
                 () = self.handle.queue.wait() => self.write_queued().await,
                 incoming = self.ws.next() => self.on_incoming(incoming).await,
                 () = &mut timer => self.on_timer().await,
@@ -295,6 +308,12 @@ where
                 }
                 Flow::Close(code, reason) => {
                     debug!(code = code.as_u16(), %reason, "closing");
+                    // Replies queued before the close (e.g. the `error` that
+                    // caused a 4000 or 4008) still go out; an overflowed
+                    // queue has nothing worth sending.
+                    if code != CloseCode::SlowConsumer {
+                        let _ = self.write_queued().await;
+                    }
                     close_socket(&mut self.ws, code, &reason).await;
                     return;
                 }

@@ -8,12 +8,31 @@
 //! round, so `data` has to be representable in both. MessagePack binary and
 //! extension values, and maps with non-string keys, therefore get a 400.
 
+use serde::Deserialize;
+
 use crate::frames::{ClientFrame, FrameError, IdOnly, RawClientFrame, ServerFrame};
 
 /// Subprotocol name of the JSON codec.
 pub const JSON_SUBPROTOCOL: &str = "fanout.json";
 /// Subprotocol name of the MessagePack codec.
 pub const MSGPACK_SUBPROTOCOL: &str = "fanout.msgpack";
+
+/// The deepest MessagePack nesting accepted, the same as `serde_json`'s
+/// recursion limit for JSON. rmp-serde's own default (1024) lets one small
+/// frame of nested arrays in `data` overflow a 2 MiB thread stack while it
+/// is decoded into `serde_json::Value` (a debug build aborts; a release
+/// build keeps little margin), so it is lowered here.
+pub const MAX_MSGPACK_DEPTH: usize = 128;
+
+/// `rmp_serde::from_slice` with the nesting limited to [`MAX_MSGPACK_DEPTH`].
+/// Use it for every untrusted MessagePack input.
+pub fn msgpack_from_slice<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_MSGPACK_DEPTH);
+    T::deserialize(&mut de)
+}
 
 /// The encoding of a connection's frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,7 +119,7 @@ impl Codec {
     pub fn decode(self, bytes: &[u8]) -> Result<ClientFrame, FrameError> {
         let raw: Result<RawClientFrame, String> = match self {
             Codec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-            Codec::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+            Codec::MsgPack => msgpack_from_slice(bytes).map_err(|e| e.to_string()),
         };
         match raw {
             Ok(raw) => raw.into_frame(),
@@ -118,7 +137,7 @@ impl Codec {
     fn salvage_id(self, bytes: &[u8]) -> Option<i64> {
         let only: Option<IdOnly> = match self {
             Codec::Json => serde_json::from_slice(bytes).ok(),
-            Codec::MsgPack => rmp_serde::from_slice(bytes).ok(),
+            Codec::MsgPack => msgpack_from_slice(bytes).ok(),
         };
         only.and_then(|o| o.id)
     }
@@ -217,6 +236,31 @@ mod tests {
 
         let err = Codec::MsgPack.decode(&[0xc1, 0x00]).unwrap_err();
         assert!(err.message.contains("malformed msgpack frame"));
+    }
+
+    #[test]
+    fn deep_msgpack_nesting_is_400_not_a_stack_overflow() {
+        // {"type":"publish","room":"r","event":"e","data":[[[…]]]}, `depth` deep.
+        let nested = |depth: usize| {
+            let mut bytes = msgpack_of(&json!({"type":"publish","room":"r","event":"e"}));
+            bytes[0] += 1; // a fixmap of one more entry: "data"
+            bytes.extend_from_slice(&[0xa4, b'd', b'a', b't', b'a']);
+            bytes.extend(std::iter::repeat_n(0x91, depth));
+            bytes.push(0xc0);
+            bytes
+        };
+        let deep = nested(100_000);
+        // On a small stack, so a regression fails here rather than by chance.
+        let err = std::thread::Builder::new()
+            .stack_size(1024 * 1024)
+            .spawn(move || Codec::MsgPack.decode(&deep).unwrap_err())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(err.message.contains("depth"), "{}", err.message);
+        // Nesting within the limit still decodes.
+        assert!(Codec::MsgPack.decode(&nested(100)).is_ok());
     }
 
     #[test]

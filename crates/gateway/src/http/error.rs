@@ -39,6 +39,9 @@ pub enum ApiError {
     /// No such route.
     #[error("no such endpoint")]
     NotFound,
+    /// The route exists but not with this method.
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
     /// The node is draining.
     #[error("node is draining; retry on another node")]
     Draining,
@@ -55,6 +58,7 @@ impl ApiError {
             }
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             ApiError::Node(e) | ApiError::BatchEntry { source: e, .. } => match e {
                 NodeError::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),

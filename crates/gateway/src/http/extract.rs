@@ -73,7 +73,7 @@ impl<T: DeserializeOwned> FromRequest<Node> for Body<T> {
             "application/json" => serde_json::from_slice(&bytes)
                 .map_err(|e| ApiError::BadBody(format!("invalid JSON body: {e}")))?,
             "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
-                rmp_serde::from_slice(&bytes)
+                fanout_protocol::codec::msgpack_from_slice(&bytes)
                     .map_err(|e| ApiError::BadBody(format!("invalid MessagePack body: {e}")))?
             }
             other => return Err(ApiError::UnsupportedMediaType(other.to_owned())),

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::Error as WsError;
 
 use crate::auth::{AuthError, Grant, TokenVerifier};
 use crate::metrics as m;
@@ -22,6 +23,10 @@ use crate::metrics as m;
 pub(crate) enum AuthOutcome {
     /// Close with 4001 and this reason.
     Refused(String),
+    /// The first frame exceeded `max_frame_bytes`: close with 1009 and this reason.
+    TooBig(String),
+    /// The node started draining first: close with 1012.
+    Draining,
     /// The peer went away first; nothing to send.
     Gone,
 }
@@ -38,6 +43,7 @@ pub(crate) async fn authenticate<S>(
     codec: Codec,
     header_token: Option<&str>,
     timeout: Duration,
+    drain_started: impl Future<Output = ()>,
 ) -> Result<Grant, AuthOutcome>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -45,7 +51,10 @@ where
     if let Some(token) = header_token {
         return verifier.verify(token).map_err(|e| refused(&e));
     }
-    let first = tokio::time::timeout(timeout, first_data_frame(ws)).await;
+    let first = tokio::select! {
+        first = tokio::time::timeout(timeout, first_data_frame(ws)) => first,
+        () = drain_started => return Err(AuthOutcome::Draining),
+    };
     let bytes = match first {
         Err(_) => {
             m::auth_failed("timeout");
@@ -54,8 +63,8 @@ where
                 timeout.as_secs_f32()
             )));
         }
-        Ok(None) => return Err(AuthOutcome::Gone),
-        Ok(Some(bytes)) => bytes,
+        Ok(Err(outcome)) => return Err(outcome),
+        Ok(Ok(bytes)) => bytes,
     };
     match codec.decode(&bytes) {
         Ok(ClientFrame::Auth { token }) => verifier.verify(&token).map_err(|e| refused(&e)),
@@ -68,18 +77,25 @@ where
     }
 }
 
-/// The payload of the first text or binary frame; `None` if the peer left.
-async fn first_data_frame<S>(ws: &mut WebSocketStream<S>) -> Option<Vec<u8>>
+/// The payload of the first text or binary frame; `Gone` if the peer left,
+/// `TooBig` if the frame exceeds `max_frame_bytes` (1009 applies before
+/// authentication too).
+async fn first_data_frame<S>(ws: &mut WebSocketStream<S>) -> Result<Vec<u8>, AuthOutcome>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     while let Some(msg) = ws.next().await {
         match msg {
-            Ok(Message::Text(t)) => return Some(t.as_bytes().to_vec()),
-            Ok(Message::Binary(b)) => return Some(b.to_vec()),
+            Ok(Message::Text(t)) => return Ok(t.as_bytes().to_vec()),
+            Ok(Message::Binary(b)) => return Ok(b.to_vec()),
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
-            Ok(Message::Close(_)) | Err(_) => return None,
+            Err(WsError::Capacity(e)) => {
+                return Err(AuthOutcome::TooBig(format!(
+                    "{e}; the limit is max_frame_bytes"
+                )));
+            }
+            Ok(Message::Close(_)) | Err(_) => return Err(AuthOutcome::Gone),
         }
     }
-    None
+    Err(AuthOutcome::Gone)
 }

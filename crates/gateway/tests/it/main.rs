@@ -3,5 +3,13 @@
 
 #![allow(unreachable_pub, missing_docs, clippy::unwrap_used)]
 
+mod api;
+mod auth;
+mod cli;
+mod isolation;
+mod limits;
+mod ops;
 mod pubsub;
+mod session;
+mod slow_consumer;
 mod support;

@@ -40,19 +40,21 @@ pub struct TestServer {
 
 /// The configuration test nodes start from.
 pub fn test_config() -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        api_keys: vec![
+            ApiKeyConfig {
+                key: API_KEY.into(),
+                tenant: None,
+            },
+            ApiKeyConfig {
+                key: ACME_KEY.into(),
+                tenant: Some("acme".into()),
+            },
+        ],
+        ..Config::default()
+    };
     c.auth.secret = Some(SECRET.into());
-    c.api_keys = vec![
-        ApiKeyConfig {
-            key: API_KEY.into(),
-            tenant: None,
-        },
-        ApiKeyConfig {
-            key: ACME_KEY.into(),
-            tenant: Some("acme".into()),
-        },
-    ];
     c.shutdown.grace = Duration::from_secs(3);
     c
 }

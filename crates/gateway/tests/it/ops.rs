@@ -1,0 +1,238 @@
+//! Operational endpoints and the drain (PROTOCOL.md §4 close 1012, §5 ops).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use fanout_gateway::Server;
+use serde_json::json;
+use tokio_tungstenite::tungstenite;
+
+use crate::support::{API_KEY, Client, TestServer, TokenSpec, WAIT, test_config};
+
+async fn get_text(url: &str) -> (u16, String) {
+    let resp = reqwest::get(url).await.expect("http request");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_200_when_serving() {
+    let server = TestServer::spawn().await;
+    let (status, body) = get_text(&server.url("/healthz")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get_text(&server.url("/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The status of a WebSocket upgrade that the server refused.
+async fn refused_upgrade_status(url: &str) -> u16 {
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("answer in time")
+    {
+        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("upgrade accepted during the drain"),
+    }
+}
+
+#[tokio::test]
+async fn drain_refuses_new_work_closes_clients_with_1012_and_stops_within_grace() {
+    let grace = Duration::from_secs(3);
+    let mut server = TestServer::spawn_with(|c| c.shutdown.grace = grace).await;
+    let mut a = server.client("u1", "acme", &["lobby"]).await;
+    let mut b = server.client("u2", "acme", &["lobby"]).await;
+    a.subscribe("lobby").await;
+    assert_eq!(get_text(&server.url("/readyz")).await.0, 200);
+
+    let started = Instant::now();
+    server.shutdown.cancel();
+    // The clients are not reading yet, so their sessions wait for the close
+    // handshake and the drain is still in progress while we probe.
+    let (status, body) = get_text(&server.url("/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "503 names the reason: {body}");
+    assert_eq!(refused_upgrade_status(&server.ws_url()).await, 503);
+    let (status, body) = server
+        .post(
+            "/v1/publish",
+            &json!({"tenant":"acme","room":"lobby","event":"chat"}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+
+    for c in [&mut a, &mut b] {
+        let (code, _) = c.expect_close().await;
+        assert_eq!(code, 1012);
+    }
+    let task = server.task.take().expect("run task");
+    tokio::time::timeout(grace, task)
+        .await
+        .expect("node stops within shutdown.grace")
+        .expect("run task")
+        .expect("run result");
+    assert!(started.elapsed() < grace, "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn drain_is_bounded_by_grace_even_with_a_client_that_never_answers() {
+    let grace = Duration::from_millis(1500);
+    let mut server = TestServer::spawn_with(|c| {
+        c.shutdown.grace = grace;
+        c.session.auth_timeout = Duration::from_secs(30);
+    })
+    .await;
+    // Upgraded but never authenticates, never reads.
+    let _silent = Client::connect(&server.ws_url(), None, None).await;
+    let _ok = server.client("u1", "acme", &[]).await;
+    let started = Instant::now();
+    server.shutdown.cancel();
+    let task = server.task.take().expect("run task");
+    tokio::time::timeout(grace + Duration::from_millis(500), task)
+        .await
+        .expect("node stops within shutdown.grace")
+        .expect("run task")
+        .expect("run result");
+    assert!(
+        started.elapsed() <= grace + Duration::from_millis(250),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Sum of every sample of `name` (all label sets); 0 when absent.
+fn sample_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn has_sample(text: &str, name: &str) -> bool {
+    text.lines().any(|l| {
+        l.strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+    })
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_and_count_activity() {
+    let server = TestServer::spawn().await;
+    let (status, before) = get_text(&server.url("/metrics")).await;
+    assert_eq!(status, 200);
+
+    // Activity: connect, subscribe, publish (client and HTTP), a refused token.
+    let mut a = server.client("u1", "acme", &["lobby"]).await;
+    let mut b = server.client("u2", "acme", &["lobby"]).await;
+    a.subscribe("lobby").await;
+    b.subscribe("lobby").await;
+    let ack = a
+        .request(
+            json!({"type":"publish","room":"lobby","event":"chat","data":1}),
+            1,
+        )
+        .await;
+    assert_eq!(ack["type"], "ack");
+    b.recv_type("message").await;
+    server.publish_room("acme", "lobby", "chat", json!(2)).await;
+    a.recv_type("message").await;
+    let mut bad_spec = TokenSpec::new("u3", "acme", &[]);
+    bad_spec.secret = "some-other-secret-0123456789".into();
+    let mut bad = Client::connect(&server.ws_url(), None, Some(&bad_spec.mint())).await;
+    assert_eq!(bad.expect_close().await.0, 4001);
+
+    let resp = reqwest::get(server.url("/metrics")).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("text/plain"), "{ct}");
+    let after = resp.text().await.unwrap();
+
+    assert!(has_sample(&after, "fanout_connections"), "{after}");
+    for name in [
+        "fanout_messages_in_total",
+        "fanout_messages_out_total",
+        "fanout_publishes_total",
+        "fanout_deliveries_total",
+        "fanout_auth_failures_total",
+    ] {
+        let (b, a) = (sample_sum(&before, name), sample_sum(&after, name));
+        assert!(a > b, "{name} did not increase ({b} -> {a}):\n{after}");
+    }
+    assert!(
+        after.contains("# TYPE fanout_fanout_latency_seconds histogram"),
+        "{after}"
+    );
+    let bucket = "fanout_fanout_latency_seconds_bucket{le=\"+Inf\"}";
+    let (b, a) = (sample_sum(&before, bucket), sample_sum(&after, bucket));
+    assert!(a >= b + 2.0, "latency histogram grew {b} -> {a}:\n{after}");
+    assert!(has_sample(&after, "fanout_fanout_latency_seconds_bucket"));
+    assert!(has_sample(&after, "fanout_fanout_latency_seconds_count"));
+}
+
+#[tokio::test]
+async fn metrics_listen_serves_ops_endpoints_on_a_second_port() {
+    let mut config = test_config();
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = Server::bind(config).await.expect("node starts");
+    let addr = server.local_addr();
+    let ops: SocketAddr = server.metrics_addr().expect("metrics listener");
+    assert_ne!(addr.port(), ops.port());
+    let shutdown = server.shutdown_token();
+    let task = tokio::spawn(server.run());
+
+    // Something to count, through the main port.
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/publish"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"tenant":"acme","room":"lobby","event":"chat"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+
+    let base = format!("http://{ops}");
+    let (status, body) = get_text(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(has_sample(&body, "fanout_publishes_total"), "{body}");
+    assert_eq!(get_text(&format!("{base}/healthz")).await.0, 200);
+    assert_eq!(get_text(&format!("{base}/readyz")).await.0, 200);
+    // The API is not served on the ops port.
+    let resp = reqwest::Client::new()
+        .get(format!("{base}/v1/stats"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops")
+        .expect("run task")
+        .expect("run result");
+}
+
+#[tokio::test]
+async fn drain_closes_connections_still_authenticating_with_1012() {
+    let server = TestServer::spawn_with(|c| {
+        c.session.auth_timeout = Duration::from_secs(30);
+        c.shutdown.grace = Duration::from_secs(10);
+    })
+    .await;
+    // Connected, but no token yet: not in the hub.
+    let mut pending = Client::connect(&server.ws_url(), None, None).await;
+    let started = Instant::now();
+    server.shutdown.cancel();
+    let (code, _) = pending.expect_close().await;
+    assert_eq!(code, 1012);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+}
