@@ -353,8 +353,7 @@ impl Hub {
         self.inner.rooms.len()
     }
 
-    /// Rooms of a tenant with at least one local member, and their names
-    /// (used by the cluster layer to decide which channels to hold).
+    /// Whether a room has at least one member on this node.
     pub fn has_room(&self, tenant: &Name, room: &Name) -> bool {
         self.inner
             .rooms
@@ -369,6 +368,7 @@ mod tests {
     use crate::message::EncodedFrame;
     use fanout_protocol::{Codec, ServerFrame};
     use std::time::Instant;
+    use tokio_tungstenite::tungstenite::Message;
 
     fn name(s: &str) -> Name {
         Name::new("test", s).unwrap()
@@ -501,6 +501,23 @@ mod tests {
         assert_eq!(queued(&publisher), 0);
         assert!(slow.queue.is_closing());
         assert!(!fast.queue.is_closing());
+    }
+
+    #[test]
+    fn a_broadcast_shares_one_encoding_among_all_members() {
+        let hub = Hub::new();
+        let a = conn(&hub, "t", "a");
+        let b = conn(&hub, "t", "b");
+        hub.join(&a, &name("r"), false);
+        hub.join(&b, &name("r"), false);
+        hub.deliver(&room_msg("t", "r"));
+        let payload = |c: &ConnHandle| match c.queue.pop() {
+            Next::Frame(Message::Text(t)) => t,
+            other => panic!("expected a text frame, got {other:?}"),
+        };
+        let (pa, pb) = (payload(&a), payload(&b));
+        // Same bytes in memory: the frame was encoded once and shared, not re-encoded or copied.
+        assert_eq!(pa.as_str().as_ptr(), pb.as_str().as_ptr());
     }
 
     #[test]
