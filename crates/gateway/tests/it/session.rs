@@ -25,19 +25,6 @@ async fn next_raw(c: &mut Client, deadline: Instant) -> Option<Message> {
     }
 }
 
-/// Waits (bounded) until the node holds `n` connections.
-async fn wait_for_connections(server: &TestServer, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while server.node.hub().connection_count() != n {
-        assert!(
-            Instant::now() < deadline,
-            "expected {n} connections, have {}",
-            server.node.hub().connection_count()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Reads `c`'s TCP stream to its end beneath tungstenite and splits it into
 /// (opcode, payload) frames. Server frames are unmasked.
 async fn raw_server_frames(c: &mut Client) -> Vec<(u8, Vec<u8>)> {
@@ -141,7 +128,7 @@ async fn idle_timeout_closes_a_silent_client_but_not_one_answering_pings() {
     let mut live = server.client("chatty", "acme", &[]).await;
     // Polling `live` answers the server's pings for it.
     live.expect_silence(Duration::from_millis(1500)).await;
-    wait_for_connections(&server, 1).await;
+    server.wait_for_connections(1).await;
     // Read the silent client's socket underneath tungstenite, which would
     // answer the buffered pings (and hit the closed socket) before
     // returning the close frame.

@@ -13,7 +13,6 @@ use fanout_protocol::Codec;
 use serde_json::{Value, json};
 use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -109,19 +108,6 @@ async fn publish_numbered(server: &TestServer, n: usize) {
     server.publish_room("acme", ROOM, "end", json!(null)).await;
 }
 
-/// Waits (bounded) until the node holds `n` connections.
-async fn wait_for_connections(server: &TestServer, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while server.node.hub().connection_count() != n {
-        assert!(
-            Instant::now() < deadline,
-            "expected {n} connections, have {}",
-            server.node.hub().connection_count()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The value of an unlabelled counter in Prometheus text, 0 when absent.
 fn counter(text: &str, name: &str) -> f64 {
     text.lines()
@@ -199,7 +185,7 @@ async fn a_slow_reader_is_closed_4009_while_fast_readers_get_everything_in_order
     );
 
     // The node let go of it; the fast readers are still connected.
-    wait_for_connections(&server, 2).await;
+    server.wait_for_connections(2).await;
     for c in &mut fast_clients {
         assert_eq!(c.request(json!({"type":"ping"}), 1).await["type"], "pong");
     }
@@ -225,7 +211,7 @@ async fn a_reader_that_never_resumes_is_let_go_without_reading() {
         .expect("fast reader task");
     assert_eq!(seqs.len(), n);
     // The stuck client has read nothing, yet the node has dropped it.
-    wait_for_connections(&server, 1).await;
+    server.wait_for_connections(1).await;
 
     // What it finds when it finally reads: a gapless prefix, then the end.
     let mut got = 0u64;

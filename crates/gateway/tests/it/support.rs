@@ -83,6 +83,19 @@ impl TestServer {
         Self::spawn_with(|_| {}).await
     }
 
+    /// Waits (bounded by `WAIT`) until the node holds `n` connections.
+    pub async fn wait_for_connections(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.node.hub().connection_count() != n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {n} connections, have {}",
+                self.node.hub().connection_count()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
