@@ -25,7 +25,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 pub use sections::EXAMPLE_CONFIG;
 pub use sections::{
     ApiKeyConfig, AuthConfig, Config, JwtAlgorithm, KeyConfig, Limits, LogConfig, LogFormat,
-    SessionConfig, ShutdownConfig,
+    RedisConfig, SessionConfig, ShutdownConfig,
 };
 pub use validate::{DEV_API_KEY, DEV_SECRET};
 
@@ -40,6 +40,7 @@ const ENV_SECTIONS: &[&str] = &[
     "limits",
     "session",
     "shutdown",
+    "redis",
 ];
 
 /// A configuration that could not be loaded or is invalid.

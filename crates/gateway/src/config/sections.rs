@@ -33,6 +33,8 @@ pub struct Config {
     pub session: SessionConfig,
     /// Drain and exit.
     pub shutdown: ShutdownConfig,
+    /// Cluster mode over Redis; absent means the embedded single-node bus.
+    pub redis: Option<RedisConfig>,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             limits: Limits::default(),
             session: SessionConfig::default(),
             shutdown: ShutdownConfig::default(),
+            redis: None,
         }
     }
 }
@@ -246,5 +249,56 @@ impl Default for ShutdownConfig {
         Self {
             grace: Duration::from_secs(10),
         }
+    }
+}
+
+/// Cluster mode: registry, presence and relay through one Redis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Prefix of every key and channel, so that several clusters can share one Redis.
+    pub prefix: String,
+    /// Interval of the node heartbeat; registry entries live for three beats.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Rooms hosted on at most this many nodes are sent directly to each
+    /// node's inbox; rooms spread wider are published once on their channel.
+    pub direct_max_nodes: usize,
+    /// How long a room or tenant channel stays subscribed after its last local member leaves.
+    #[serde(with = "humantime_serde")]
+    pub channel_linger: Duration,
+    /// Timeout of one Redis command; a publish that times out answers 503.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Interval of the probe a node publishes to its own inbox to detect a
+    /// subscriber connection that silently stopped delivering.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// Capacity of the pub/sub receive buffer (messages) between the Redis
+    /// client and the node's dispatcher; overflow is counted and logged.
+    pub pubsub_buffer: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            prefix: "fanout".into(),
+            heartbeat: Duration::from_secs(2),
+            direct_max_nodes: 4,
+            channel_linger: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(2),
+            probe_interval: Duration::from_secs(5),
+            pubsub_buffer: 65_536,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// How long a registry entry lives without a heartbeat: three beats.
+    pub fn entry_ttl(&self) -> Duration {
+        self.heartbeat * 3
     }
 }

@@ -61,6 +61,9 @@ impl Config {
             }
         }
         self.validate_limits()?;
+        if let Some(redis) = &self.redis {
+            validate_redis(redis)?;
+        }
         let s = &self.session;
         if s.ping_interval.is_zero() {
             return Err(invalid(
@@ -180,6 +183,34 @@ fn check_key(field: &'static str, key: &KeyConfig, must_be_set: bool) -> Result<
                 format!("{alg:?} takes `public_key_file` (and no `secret`)"),
             ));
         }
+    }
+    Ok(())
+}
+
+fn validate_redis(r: &super::RedisConfig) -> Result<(), ConfigError> {
+    if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+        return Err(invalid("redis.url", "must be a redis:// or rediss:// URL"));
+    }
+    if r.prefix.is_empty() || !r.prefix.bytes().all(fanout_protocol::names::is_name_byte) {
+        return Err(invalid(
+            "redis.prefix",
+            "must be non-empty and use only letters, digits and _ . : @ -",
+        ));
+    }
+    for (field, d) in [
+        ("redis.heartbeat", r.heartbeat),
+        ("redis.command_timeout", r.command_timeout),
+        ("redis.probe_interval", r.probe_interval),
+    ] {
+        if d.is_zero() {
+            return Err(invalid(field, "must be greater than zero"));
+        }
+    }
+    if r.direct_max_nodes == 0 {
+        return Err(invalid("redis.direct_max_nodes", "must be at least 1"));
+    }
+    if r.pubsub_buffer < 1024 {
+        return Err(invalid("redis.pubsub_buffer", "must be at least 1024"));
     }
     Ok(())
 }
