@@ -14,6 +14,7 @@
 //! centrifuge's Broker/PresenceManager split).
 
 pub mod embedded;
+pub mod redis;
 
 use async_trait::async_trait;
 use fanout_protocol::api::ClusterStats;

@@ -91,8 +91,21 @@ pub enum LimitExceeded {
 pub struct Joined {
     /// False when the connection was already a member (only its options changed).
     pub new_member: bool,
+    /// True when the room had no member on this node before.
+    pub first_in_room: bool,
     /// True when this is the user's first connection in the room on this node.
     pub first_of_user: bool,
+}
+
+/// One room's local state, for re-registration.
+#[derive(Debug, Clone)]
+pub struct RoomSnapshot {
+    /// Tenant.
+    pub tenant: Name,
+    /// Room.
+    pub room: Name,
+    /// Users with their local connection counts.
+    pub users: Vec<(Name, u32)>,
 }
 
 /// Result of a leave.
@@ -100,6 +113,8 @@ pub struct Joined {
 pub struct Left {
     /// False when the connection was not a member.
     pub was_member: bool,
+    /// True when no member of the room is left on this node.
+    pub room_empty: bool,
     /// True when this was the user's last connection in the room on this node.
     pub last_of_user: bool,
 }
@@ -209,9 +224,11 @@ impl Hub {
             member.presence_events = presence_events;
             return Joined {
                 new_member: false,
+                first_in_room: false,
                 first_of_user: false,
             };
         }
+        let first_in_room = entry.members.is_empty();
         entry.members.insert(
             conn.id,
             RoomMember {
@@ -223,6 +240,7 @@ impl Hub {
         *count += 1;
         Joined {
             new_member: true,
+            first_in_room,
             first_of_user: *count == 1,
         }
     }
@@ -231,6 +249,7 @@ impl Hub {
     pub fn leave(&self, conn: &ConnHandle, room: &Name) -> Left {
         let not_member = Left {
             was_member: false,
+            room_empty: false,
             last_of_user: false,
         };
         let Entry::Occupied(mut entry) =
@@ -250,11 +269,13 @@ impl Hub {
                 last_of_user = true;
             }
         }
-        if r.members.is_empty() {
+        let room_empty = r.members.is_empty();
+        if room_empty {
             entry.remove();
         }
         Left {
             was_member: true,
+            room_empty,
             last_of_user,
         }
     }
@@ -396,6 +417,7 @@ mod tests {
             exclude: None,
             frame: Arc::new(EncodedFrame::encode(&ServerFrame::Pong { id: None }).unwrap()),
             accepted_at: Instant::now(),
+            ts: 0,
         }
     }
 

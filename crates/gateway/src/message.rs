@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use fanout_protocol::codec::EncodeError;
 use fanout_protocol::{Codec, Encoded, Name, ServerFrame};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::hub::ConnId;
 
@@ -34,12 +34,23 @@ impl EncodedFrame {
         })
     }
 
-    /// Rebuilds a frame from bytes encoded elsewhere (another node).
-    pub fn from_parts(json: String, msgpack: Bytes) -> Self {
-        Self {
-            json: Message::Text(json.into()),
+    /// Rebuilds a frame from bytes encoded by another node. The JSON part
+    /// is checked to be UTF-8 (once per node, not per member); nothing is
+    /// re-serialised.
+    pub fn from_wire(json: Bytes, msgpack: Bytes) -> Result<Self, std::str::Utf8Error> {
+        Ok(Self {
+            json: Message::Text(Utf8Bytes::try_from(json)?),
             msgpack: Message::Binary(msgpack),
-        }
+        })
+    }
+
+    /// The encoded bytes of both codecs, for a cross-node envelope.
+    pub fn wire_parts(&self) -> (Bytes, Bytes) {
+        let json = match &self.json {
+            Message::Text(t) => Bytes::from(t.clone()),
+            other => other.clone().into_data(),
+        };
+        (json, self.msgpack.clone().into_data())
     }
 
     /// The WebSocket message for a connection speaking `codec`.
@@ -97,6 +108,8 @@ pub struct Broadcast {
     pub exclude: Option<ConnId>,
     /// The frame, encoded once per codec.
     pub frame: Arc<EncodedFrame>,
-    /// When the node accepted it, for the fan-out latency histogram.
+    /// When this node accepted (or received) it, for the fan-out latency histogram.
     pub accepted_at: Instant,
+    /// Milliseconds since the epoch at which the cluster accepted it.
+    pub ts: u64,
 }

@@ -38,6 +38,22 @@ pub const AUTH_FAILURES: &str = "fanout_auth_failures_total";
 pub const CLIENT_ERRORS: &str = "fanout_client_errors_total";
 /// Seconds from a message's acceptance to its last local enqueue.
 pub const FANOUT_LATENCY: &str = "fanout_fanout_latency_seconds";
+/// Messages sent by route: local, direct (node inboxes), room_channel, tenant_channel.
+pub const ROUTED: &str = "fanout_routed_messages_total";
+/// Seconds a cross-node publish took in Redis (script or PUBLISH round trip).
+pub const REDIS_PUBLISH_LATENCY: &str = "fanout_redis_publish_seconds";
+/// Seconds from a message's acceptance on its origin node to its arrival here.
+pub const PUBSUB_LAG: &str = "fanout_pubsub_lag_seconds";
+/// Cross-node messages lost because the pub/sub receive buffer overflowed.
+pub const PUBSUB_LAGGED: &str = "fanout_pubsub_lagged_total";
+/// Cross-node messages dropped on receipt, by reason.
+pub const PUBSUB_DROPPED: &str = "fanout_pubsub_dropped_total";
+/// Full resubscribes and re-registrations (start, reconnects, probe failures).
+pub const RESUBSCRIBES: &str = "fanout_resubscribes_total";
+/// Subscriber probes that did not come back.
+pub const PROBE_FAILURES: &str = "fanout_probe_failures_total";
+/// Live nodes in the cluster as this node sees them.
+pub const CLUSTER_NODES: &str = "fanout_cluster_nodes";
 /// HTTP API requests, by route and status.
 pub const HTTP_REQUESTS: &str = "fanout_http_requests_total";
 
@@ -55,6 +71,24 @@ pub fn install() -> PrometheusHandle {
                         0.25, 0.5, 1.0,
                     ],
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(REDIS_PUBLISH_LATENCY.into()),
+                        &[
+                            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                            0.5, 1.0,
+                        ],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(PUBSUB_LAG.into()),
+                        &[
+                            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                            5.0,
+                        ],
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -115,4 +149,36 @@ pub(crate) fn client_error(code: u16) {
 
 pub(crate) fn http_request(route: String, status: u16) {
     counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
+}
+
+pub(crate) fn routed(route: &'static str, n: u64) {
+    counter!(ROUTED, "route" => route).increment(n);
+}
+
+pub(crate) fn redis_publish(elapsed: std::time::Duration) {
+    histogram!(REDIS_PUBLISH_LATENCY).record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn pubsub_lag(ms: u64) {
+    histogram!(PUBSUB_LAG).record(ms as f64 / 1000.0);
+}
+
+pub(crate) fn pubsub_lagged(n: u64) {
+    counter!(PUBSUB_LAGGED).increment(n);
+}
+
+pub(crate) fn pubsub_dropped(reason: &'static str) {
+    counter!(PUBSUB_DROPPED, "reason" => reason).increment(1);
+}
+
+pub(crate) fn resubscribed() {
+    counter!(RESUBSCRIBES).increment(1);
+}
+
+pub(crate) fn probe_failed() {
+    counter!(PROBE_FAILURES).increment(1);
+}
+
+pub(crate) fn cluster_nodes(n: usize) {
+    gauge!(CLUSTER_NODES).set(n as f64);
 }

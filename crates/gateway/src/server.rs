@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::cluster::Bus;
 use crate::cluster::embedded::EmbeddedBus;
+use crate::cluster::redis::RedisBus;
 use crate::config::Config;
 use crate::http;
 use crate::hub::Hub;
@@ -76,13 +77,18 @@ impl Server {
     /// Builds the node and binds its listeners.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let hub = Hub::new();
-        let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(hub.clone()));
         let listener = bind(config.listen).await?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
         let id = config.node_id.clone().unwrap_or_else(generated_node_id);
+        let bus: Arc<dyn Bus> = match &config.redis {
+            Some(redis) => {
+                Arc::new(RedisBus::start(redis, &id, hub.clone()).map_err(StartError::Config)?)
+            }
+            None => Arc::new(EmbeddedBus::new(hub.clone())),
+        };
         let node = Node::new(
             config,
             NodeParts {

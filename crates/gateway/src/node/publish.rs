@@ -92,6 +92,7 @@ impl Node {
     /// Fails with 413 when the encoded message exceeds `max_message_bytes`.
     pub fn prepare(&self, publish: Publish) -> Result<Prepared, NodeError> {
         let id = uuid::Uuid::now_v7().to_string();
+        let ts = now_millis();
         let (scope, room) = match &publish.audience {
             Audience::Room(r) => (Scope::Room, Some(r.as_str())),
             Audience::User(_) => (Scope::User, None),
@@ -103,7 +104,7 @@ impl Node {
             event: publish.event.as_str(),
             data: &publish.data,
             id: &id,
-            ts: now_millis(),
+            ts,
         });
         let encoded =
             EncodedFrame::encode(&frame).map_err(|e| NodeError::Internal(e.to_string()))?;
@@ -124,6 +125,7 @@ impl Node {
                 exclude: publish.exclude,
                 frame: Arc::new(encoded),
                 accepted_at: Instant::now(),
+                ts,
             },
         })
     }
@@ -180,6 +182,7 @@ impl Node {
             exclude: Some(event.cause),
             frame: Arc::new(encoded),
             accepted_at: Instant::now(),
+            ts: now_millis(),
         };
         if let Err(e) = self.bus().publish(&broadcast).await {
             tracing::warn!(error = %e, "presence event not sent to other nodes");

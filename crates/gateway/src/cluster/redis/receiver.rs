@@ -1,0 +1,212 @@
+//! The receiving side of the relay: Redis pub/sub → bounded queue → hub.
+//!
+//! fred hands subscriber messages out through a tokio broadcast channel that
+//! drops the oldest messages when a receiver lags (`RecvError::Lagged`). The
+//! reader here does nothing but move messages into the node's own bounded
+//! queue, so it keeps up; the dispatcher decodes and delivers. Any lag or
+//! overflow is counted and logged, never silent.
+//!
+//! The probe: a node publishes a numbered probe to its own inbox every
+//! `probe_interval`. If one has not come back by the next round while the
+//! publisher is healthy, the subscriber connection has silently stopped
+//! delivering, and it is reconnected (which resubscribes everything).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use fanout_protocol::{CloseCode, Name};
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::Message;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use super::envelope::{Envelope, Kind, VERSION};
+use super::{Health, now_ms};
+use crate::hub::Hub;
+use crate::message::{Audience, Broadcast, EncodedFrame, Recipients};
+use crate::metrics as m;
+
+/// Moves pub/sub messages into the bounded dispatch queue.
+pub(crate) async fn read(
+    subscriber: SubscriberClient,
+    queue: mpsc::Sender<Bytes>,
+    stop: CancellationToken,
+) {
+    let mut rx = subscriber.message_rx();
+    loop {
+        let msg: Message = tokio::select! {
+            () = stop.cancelled() => return,
+            msg = rx.recv() => match msg {
+                Ok(msg) => msg,
+                Err(RecvError::Lagged(n)) => {
+                    m::pubsub_lagged(n);
+                    error!(lost = n, "pub/sub receive buffer overflowed; messages were lost (raise redis.pubsub_buffer)");
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            },
+        };
+        let Some(bytes) = msg.value.as_bytes().map(Bytes::copy_from_slice) else {
+            m::pubsub_dropped("not_bytes");
+            continue;
+        };
+        if queue.try_send(bytes).is_err() {
+            m::pubsub_dropped("queue_full");
+            warn!("dispatch queue full; a cross-node message was dropped");
+        }
+    }
+}
+
+/// Decodes envelopes and hands them to the hub.
+pub(crate) async fn dispatch(
+    node: String,
+    hub: Hub,
+    mut queue: mpsc::Receiver<Bytes>,
+    probes: Arc<Probes>,
+) {
+    while let Some(bytes) = queue.recv().await {
+        let env = match Envelope::decode(&bytes) {
+            Ok(env) if env.v == VERSION => env,
+            Ok(env) => {
+                m::pubsub_dropped("version");
+                debug!(version = env.v, "envelope of another version ignored");
+                continue;
+            }
+            Err(e) => {
+                m::pubsub_dropped("malformed");
+                warn!(error = %e, "malformed envelope ignored");
+                continue;
+            }
+        };
+        if env.origin == node {
+            if env.kind == Kind::Probe {
+                probes.received(env.ts);
+            }
+            // Our own message published on a room or tenant channel: local
+            // members were served before it was published.
+            continue;
+        }
+        m::pubsub_lag(now_ms().saturating_sub(env.ts));
+        match env.kind {
+            Kind::Deliver => deliver(&hub, env),
+            Kind::Disconnect => {
+                if let (Ok(tenant), Some(Ok(user))) = (
+                    Name::new("tenant", &env.tenant),
+                    env.user.as_deref().map(|u| Name::new("user", u)),
+                ) {
+                    hub.close_user(
+                        &tenant,
+                        &user,
+                        CloseCode::AuthFailed,
+                        "disconnected by the server",
+                    );
+                }
+            }
+            Kind::Probe => {}
+        }
+    }
+}
+
+fn deliver(hub: &Hub, env: Envelope) {
+    let Ok(tenant) = Name::new("tenant", &env.tenant) else {
+        m::pubsub_dropped("malformed");
+        return;
+    };
+    let audience = match (&env.room, &env.user) {
+        (Some(room), _) => Name::new("room", room).map(Audience::Room),
+        (None, Some(user)) => Name::new("user", user).map(Audience::User),
+        (None, None) => Ok(Audience::Tenant),
+    };
+    let (Ok(audience), Ok(frame)) = (audience, EncodedFrame::from_wire(env.json, env.msgpack))
+    else {
+        m::pubsub_dropped("malformed");
+        return;
+    };
+    hub.deliver(&Broadcast {
+        tenant,
+        audience,
+        recipients: if env.presence_only {
+            Recipients::PresenceWatchers
+        } else {
+            Recipients::Everyone
+        },
+        exclude: None,
+        frame: Arc::new(frame),
+        accepted_at: Instant::now(),
+        ts: env.ts,
+    });
+}
+
+/// Probe numbers sent and received.
+#[derive(Debug, Default)]
+pub(crate) struct Probes {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Probes {
+    fn received(&self, n: u64) {
+        self.received.fetch_max(n, Ordering::AcqRel);
+    }
+}
+
+/// Publishes probes to our own inbox and restarts a silent subscriber.
+pub(crate) async fn probe(
+    node: String,
+    inbox: String,
+    publisher: Client,
+    subscriber: SubscriberClient,
+    health: Arc<Health>,
+    probes: Arc<Probes>,
+    interval: std::time::Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !health.is_ready() {
+            continue;
+        }
+        let sent = probes.sent.load(Ordering::Acquire);
+        if sent > 0 && probes.received.load(Ordering::Acquire) < sent {
+            warn!("the subscriber connection stopped delivering (probe lost); reconnecting it");
+            m::probe_failed();
+            health.set_synced(false);
+            if let Err(e) = subscriber.force_reconnection().await {
+                warn!(error = %e, "subscriber reconnect failed");
+            }
+            probes.received.store(sent, Ordering::Release);
+            continue;
+        }
+        let n = sent + 1;
+        let env = Envelope {
+            v: VERSION,
+            origin: node.clone(),
+            kind: Kind::Probe,
+            id: String::new(),
+            ts: n,
+            tenant: String::new(),
+            room: None,
+            user: None,
+            presence_only: false,
+            json: Bytes::new(),
+            msgpack: Bytes::new(),
+        };
+        let Ok(bytes) = env.encode() else { continue };
+        if publisher
+            .publish::<i64, _, _>(inbox.as_str(), bytes)
+            .await
+            .is_ok()
+        {
+            probes.sent.store(n, Ordering::Release);
+        }
+    }
+}

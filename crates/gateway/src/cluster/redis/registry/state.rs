@@ -1,0 +1,234 @@
+//! The registry actor's own view: channel subscriptions and what it has
+//! registered in Redis. Plain data, no I/O, unit-tested.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fanout_protocol::Name;
+use tokio::time::Instant;
+
+/// One channel's subscription state.
+#[derive(Debug, Default)]
+struct Channel {
+    /// Local members (rooms) or connections (tenants) that need it.
+    refs: usize,
+    /// Whether the SUBSCRIBE completed.
+    subscribed: bool,
+    /// When unreferenced: when to unsubscribe.
+    release_at: Option<Instant>,
+    /// Never released (the node's inbox and the control channel).
+    pinned: bool,
+}
+
+/// Channel subscriptions, reference-counted, released after a linger.
+#[derive(Debug, Default)]
+pub(crate) struct Channels {
+    map: HashMap<String, Channel>,
+}
+
+impl Channels {
+    /// The channels of `wanted` that are not subscribed yet (deduplicated).
+    pub(crate) fn missing(&self, wanted: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = wanted
+            .iter()
+            .filter(|c| !self.map.get(*c).is_some_and(|ch| ch.subscribed))
+            .cloned()
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Records completed subscriptions.
+    pub(crate) fn mark_subscribed(&mut self, channels: &[String]) {
+        for c in channels {
+            let ch = self.map.entry(c.clone()).or_default();
+            ch.subscribed = true;
+            if ch.refs == 0 && !ch.pinned && ch.release_at.is_none() {
+                // Subscribed for an op that then failed: let it linger out.
+                ch.release_at = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Keeps `channel` subscribed for the life of the node.
+    pub(crate) fn pin(&mut self, channel: String) {
+        let ch = self.map.entry(channel).or_default();
+        ch.pinned = true;
+        ch.release_at = None;
+    }
+
+    /// One more local user of `channel`; cancels a pending release.
+    pub(crate) fn acquire(&mut self, channel: String) {
+        let ch = self.map.entry(channel).or_default();
+        ch.refs += 1;
+        ch.release_at = None;
+    }
+
+    /// One fewer local user; when none is left, release after `linger`.
+    pub(crate) fn release(&mut self, channel: &str, linger: Duration) {
+        if let Some(ch) = self.map.get_mut(channel) {
+            ch.refs = ch.refs.saturating_sub(1);
+            if ch.refs == 0 && !ch.pinned {
+                ch.release_at = Some(Instant::now() + linger);
+            }
+        }
+    }
+
+    /// Subscribed channels whose linger has passed.
+    pub(crate) fn expired(&self, now: Instant) -> Vec<String> {
+        self.map
+            .iter()
+            .filter(|(_, ch)| {
+                ch.subscribed && ch.refs == 0 && ch.release_at.is_some_and(|t| t <= now)
+            })
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    /// Drops unsubscribed channels.
+    pub(crate) fn forget(&mut self, channels: &[String]) {
+        for c in channels {
+            if self.map.get(c).is_some_and(|ch| ch.refs == 0 && !ch.pinned) {
+                self.map.remove(c);
+            }
+        }
+    }
+
+    /// Every channel that should be subscribed (referenced or lingering).
+    pub(crate) fn all(&self) -> Vec<String> {
+        self.map.keys().cloned().collect()
+    }
+
+    /// Marks every channel unsubscribed (the subscriber connection was replaced).
+    pub(crate) fn reset_subscribed(&mut self) {
+        for ch in self.map.values_mut() {
+            ch.subscribed = false;
+        }
+    }
+}
+
+/// What this node has registered: local counts as Redis knows them.
+#[derive(Debug, Default)]
+pub(crate) struct Registered {
+    /// (tenant, room) → user → local connections in the room.
+    pub(crate) rooms: HashMap<(Name, Name), HashMap<Name, u32>>,
+    /// (tenant, user) → local connections.
+    pub(crate) users: HashMap<(Name, Name), u32>,
+    /// tenant → local connections.
+    pub(crate) tenants: HashMap<Name, u32>,
+}
+
+impl Registered {
+    /// Counts a connection; returns (first of user, first of tenant).
+    pub(crate) fn add_conn(&mut self, tenant: &Name, user: &Name) -> (bool, bool) {
+        let u = self
+            .users
+            .entry((tenant.clone(), user.clone()))
+            .or_insert(0);
+        *u += 1;
+        let t = self.tenants.entry(tenant.clone()).or_insert(0);
+        *t += 1;
+        (*u == 1, *t == 1)
+    }
+
+    /// Uncounts a connection; returns (last of user, last of tenant).
+    pub(crate) fn remove_conn(&mut self, tenant: &Name, user: &Name) -> (bool, bool) {
+        let last_user = decrement(&mut self.users, (tenant.clone(), user.clone()));
+        let last_tenant = decrement(&mut self.tenants, tenant.clone());
+        (last_user, last_tenant)
+    }
+
+    /// Counts a room member; returns true when the room is new on this node.
+    pub(crate) fn add_member(&mut self, tenant: &Name, room: &Name, user: &Name) -> bool {
+        let users = self
+            .rooms
+            .entry((tenant.clone(), room.clone()))
+            .or_default();
+        let first = users.is_empty();
+        *users.entry(user.clone()).or_insert(0) += 1;
+        first
+    }
+
+    /// Uncounts a room member; returns true when the room left this node.
+    pub(crate) fn remove_member(&mut self, tenant: &Name, room: &Name, user: &Name) -> bool {
+        let key = (tenant.clone(), room.clone());
+        let Some(users) = self.rooms.get_mut(&key) else {
+            return false;
+        };
+        decrement(users, user.clone());
+        if users.is_empty() {
+            self.rooms.remove(&key);
+            return true;
+        }
+        false
+    }
+
+    /// Local members of a room.
+    pub(crate) fn room_member_count(&self, tenant: &Name, room: &Name) -> u32 {
+        self.rooms
+            .get(&(tenant.clone(), room.clone()))
+            .map(|u| u.values().sum())
+            .unwrap_or(0)
+    }
+}
+
+/// Decrements a count, removing it at zero; returns true when it reached zero.
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K) -> bool {
+    match map.get_mut(&key) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            map.remove(&key);
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::new("t", s).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn channels_linger_after_the_last_reference_and_a_new_one_cancels_the_release() {
+        let mut c = Channels::default();
+        let ch = "room".to_string();
+        assert_eq!(c.missing(&[ch.clone(), ch.clone()]), vec![ch.clone()]);
+        c.mark_subscribed(std::slice::from_ref(&ch));
+        c.acquire(ch.clone());
+        c.acquire(ch.clone());
+        assert!(c.missing(std::slice::from_ref(&ch)).is_empty());
+        c.release(&ch, Duration::from_secs(5));
+        c.release(&ch, Duration::from_secs(5));
+        assert!(c.expired(Instant::now()).is_empty(), "still lingering");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(c.expired(Instant::now()), vec![ch.clone()]);
+        c.acquire(ch.clone());
+        assert!(
+            c.expired(Instant::now()).is_empty(),
+            "a new member cancels the release"
+        );
+    }
+
+    #[test]
+    fn registered_counts_first_and_last() {
+        let mut r = Registered::default();
+        assert_eq!(r.add_conn(&n("t"), &n("u")), (true, true));
+        assert_eq!(r.add_conn(&n("t"), &n("v")), (true, false));
+        assert_eq!(r.remove_conn(&n("t"), &n("u")), (true, false));
+        assert_eq!(r.remove_conn(&n("t"), &n("v")), (true, true));
+        assert!(r.add_member(&n("t"), &n("r"), &n("u")));
+        assert!(!r.add_member(&n("t"), &n("r"), &n("u")));
+        assert_eq!(r.room_member_count(&n("t"), &n("r")), 2);
+        assert!(!r.remove_member(&n("t"), &n("r"), &n("u")));
+        assert!(r.remove_member(&n("t"), &n("r"), &n("u")));
+        assert!(r.rooms.is_empty());
+    }
+}

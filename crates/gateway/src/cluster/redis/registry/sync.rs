@@ -1,0 +1,331 @@
+//! Heartbeats, resync after a (re)connect, sweeping dead nodes, deregistering.
+
+use fred::interfaces::{
+    HashesInterface, KeysInterface, LuaInterface, PubsubInterface, SetsInterface,
+    SortedSetsInterface,
+};
+use fred::types::{Expiration, SetOptions, Value};
+use tracing::{debug, info, warn};
+
+use super::Actor;
+use crate::cluster::BusError;
+use crate::cluster::redis::keys::{self, IndexEntry, parse_index};
+use crate::cluster::redis::{now_ms, scripts};
+
+/// Commands per pipeline when writing many entries.
+const CHUNK: usize = 1_000;
+/// Channels per SUBSCRIBE when resubscribing.
+const SUBSCRIBE_BATCH: usize = 500;
+/// Lifetime of a node's registry index; refreshed by every heartbeat.
+const INDEX_TTL_SECS: i64 = 24 * 3600;
+
+fn redis_err(what: &str) -> impl Fn(fred::error::Error) -> BusError + '_ {
+    move |e| BusError(format!("{what}: {e}"))
+}
+
+impl Actor {
+    /// Refreshes this node and its rooms, reads node liveness, sweeps dead nodes.
+    pub(super) async fn heartbeat(&mut self) {
+        if !self.health.is_synced() {
+            return;
+        }
+        if let Err(e) = self.beat().await {
+            warn!(error = %e.0, "heartbeat failed");
+            self.health.heartbeat_failed(&e.0);
+            return;
+        }
+        if let Err(e) = self.sweep_dead().await {
+            debug!(error = %e.0, "sweep failed; another round will retry");
+        }
+    }
+
+    async fn beat(&mut self) -> Result<(), BusError> {
+        let now = now_ms();
+        let ttl = self.config.entry_ttl().as_millis() as u64;
+        let expiry = now + ttl;
+        let node = self.keys.node().to_owned();
+        let info = serde_json::json!({
+            "id": node,
+            "started_ms": self.started_ms,
+            "connections": self.registered.tenants.values().sum::<u32>(),
+            "rooms": self.registered.rooms.len(),
+        })
+        .to_string();
+        let pipe = self.publisher.pipeline();
+        let _: Result<(), _> = pipe
+            .zadd(
+                self.keys.nodes(),
+                None,
+                None,
+                false,
+                false,
+                (expiry as f64, node.as_str()),
+            )
+            .await;
+        let _: Result<(), _> = pipe
+            .set(
+                self.keys.node_info(&node),
+                info,
+                Some(Expiration::PX(ttl as i64)),
+                None,
+                false,
+            )
+            .await;
+        let _: Result<(), _> = pipe
+            .expire(self.keys.node_index(&node), INDEX_TTL_SECS, None)
+            .await;
+        let _: Result<(), _> = pipe
+            .zrangebyscore(self.keys.nodes(), now as f64, "+inf", false, None)
+            .await;
+        let _: Result<(), _> = pipe
+            .zrangebyscore(self.keys.nodes(), "-inf", format!("({now}"), false, None)
+            .await;
+        let mut results = pipe.try_all::<Value>().await;
+        let dead: Vec<String> = results
+            .pop()
+            .and_then(Result::ok)
+            .and_then(|v| v.convert().ok())
+            .unwrap_or_default();
+        let live: Vec<String> = results
+            .pop()
+            .and_then(Result::ok)
+            .and_then(|v| v.convert().ok())
+            .unwrap_or_default();
+        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+            return Err(BusError(format!("heartbeat: {e}")));
+        }
+        self.liveness.update(live, dead);
+
+        // Room host entries, pipelined in chunks.
+        let rooms: Vec<_> = self.registered.rooms.keys().cloned().collect();
+        for chunk in rooms.chunks(CHUNK) {
+            let pipe = self.publisher.pipeline();
+            for (tenant, room) in chunk {
+                let _: Result<(), _> = pipe
+                    .zadd(
+                        self.keys.room_hosts(tenant, room),
+                        None,
+                        None,
+                        false,
+                        false,
+                        (expiry as f64, node.as_str()),
+                    )
+                    .await;
+                let _: Result<(), _> = pipe
+                    .sadd(self.keys.rooms(), keys::room_id(tenant, room))
+                    .await;
+            }
+            if let Some(Err(e)) = pipe
+                .try_all::<Value>()
+                .await
+                .into_iter()
+                .find(Result::is_err)
+            {
+                return Err(BusError(format!("heartbeat rooms: {e}")));
+            }
+        }
+        self.health.heartbeat_ok(now);
+        Ok(())
+    }
+
+    /// One node per round sweeps the registry entries of nodes whose heartbeat lapsed.
+    async fn sweep_dead(&mut self) -> Result<(), BusError> {
+        let dead = self.liveness.dead();
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let lock_ms = (self.config.heartbeat.as_millis() as i64 * 2).max(1);
+        let got: Option<String> = self
+            .publisher
+            .set(
+                self.keys.sweeper(),
+                self.keys.node(),
+                Some(Expiration::PX(lock_ms)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(redis_err("sweeper lock"))?;
+        if got.is_none() {
+            return Ok(());
+        }
+        for node in dead {
+            info!(dead_node = %node, "sweeping the registry entries of a dead node");
+            self.sweep(&node).await?;
+            let _: () = self
+                .publisher
+                .zrem(self.keys.nodes(), node.as_str())
+                .await
+                .map_err(redis_err("sweep"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes every registry entry `node` recorded in its index.
+    pub(super) async fn sweep(&self, node: &str) -> Result<(), BusError> {
+        let index = self.keys.node_index(node);
+        let entries: Vec<String> = self
+            .publisher
+            .smembers(&index)
+            .await
+            .map_err(redis_err("sweep index"))?;
+        for chunk in entries.chunks(CHUNK) {
+            let pipe = self.publisher.pipeline();
+            let mut rooms = Vec::new();
+            for entry in chunk {
+                match parse_index(entry) {
+                    Some(IndexEntry::Room(t, r)) => {
+                        let keys =
+                            vec![self.keys.room_hosts(&t, &r), self.keys.room_members(&t, &r)];
+                        scripts::queue(&pipe, &scripts::SWEEP_ROOM, keys, vec![node.into()]).await;
+                        rooms.push(Some(keys::room_id(&t, &r)));
+                    }
+                    Some(IndexEntry::User(t, u)) => {
+                        let _: Result<(), _> = pipe.hdel(self.keys.user_conns(&t, &u), node).await;
+                        rooms.push(None);
+                    }
+                    Some(IndexEntry::Tenant(t)) => {
+                        let _: Result<(), _> = pipe.hdel(self.keys.tenant_conns(&t), node).await;
+                        rooms.push(None);
+                    }
+                    None => {}
+                }
+            }
+            let results = pipe.try_all::<Value>().await;
+            let mut emptied = Vec::new();
+            for (room, result) in rooms.into_iter().zip(results) {
+                match (room, result) {
+                    (Some(room), Ok(v)) if v.as_i64() == Some(0) => emptied.push(room),
+                    (_, Err(e)) => return Err(BusError(format!("sweep: {e}"))),
+                    _ => {}
+                }
+            }
+            if !emptied.is_empty() {
+                let _: () = self
+                    .publisher
+                    .srem(self.keys.rooms(), emptied)
+                    .await
+                    .map_err(redis_err("sweep rooms"))?;
+            }
+        }
+        let _: () = self
+            .publisher
+            .del(vec![index, self.keys.node_info(node)])
+            .await
+            .map_err(redis_err("sweep"))?;
+        Ok(())
+    }
+
+    /// Rewrites this node's registry and subscriptions from its own view:
+    /// after start and after every reconnect.
+    pub(super) async fn resync(&mut self) -> Result<(), BusError> {
+        self.health.set_synced(false);
+        for script in scripts::all() {
+            if let Some(lua) = script.lua() {
+                let _: Value = self
+                    .publisher
+                    .script_load(lua.to_string())
+                    .await
+                    .map_err(redis_err("script load"))?;
+            }
+        }
+        // Subscriptions: inbox and control, then every room/tenant channel we hold.
+        self.channels.reset_subscribed();
+        self.channels.pin(self.keys.inbox(self.keys.node()));
+        self.channels.pin(self.keys.control());
+        let all = self.channels.all();
+        for batch in all.chunks(SUBSCRIBE_BATCH) {
+            self.subscriber
+                .subscribe(batch.to_vec())
+                .await
+                .map_err(redis_err("resubscribe"))?;
+            self.channels.mark_subscribed(batch);
+        }
+        // Registry: purge whatever an earlier incarnation or a half-applied
+        // operation left, then write exactly our view.
+        let node = self.keys.node().to_owned();
+        self.sweep(&node).await?;
+        let expiry = now_ms() + self.config.entry_ttl().as_millis() as u64;
+        let mut index = Vec::new();
+        let pipe = self.publisher.pipeline();
+        let mut queued = 0usize;
+        for ((tenant, room), users) in &self.registered.rooms {
+            let _: Result<(), _> = pipe
+                .zadd(
+                    self.keys.room_hosts(tenant, room),
+                    None,
+                    None,
+                    false,
+                    false,
+                    (expiry as f64, node.as_str()),
+                )
+                .await;
+            let fields: Vec<(String, String)> = users
+                .iter()
+                .map(|(u, n)| (format!("{node}|{u}"), n.to_string()))
+                .collect();
+            let _: Result<(), _> = pipe
+                .hset(self.keys.room_members(tenant, room), fields)
+                .await;
+            let _: Result<(), _> = pipe
+                .sadd(self.keys.rooms(), keys::room_id(tenant, room))
+                .await;
+            index.push(keys::index_room(tenant, room));
+            queued += 3;
+        }
+        for ((tenant, user), n) in &self.registered.users {
+            let _: Result<(), _> = pipe
+                .hset(
+                    self.keys.user_conns(tenant, user),
+                    (node.as_str(), n.to_string()),
+                )
+                .await;
+            index.push(keys::index_user(tenant, user));
+            queued += 1;
+        }
+        for (tenant, n) in &self.registered.tenants {
+            let _: Result<(), _> = pipe
+                .hset(
+                    self.keys.tenant_conns(tenant),
+                    (node.as_str(), n.to_string()),
+                )
+                .await;
+            index.push(keys::index_tenant(tenant));
+            queued += 1;
+        }
+        if !index.is_empty() {
+            let _: Result<(), _> = pipe.sadd(self.keys.node_index(&node), index).await;
+            queued += 1;
+        }
+        if queued > 0 {
+            if let Some(Err(e)) = pipe
+                .try_all::<Value>()
+                .await
+                .into_iter()
+                .find(Result::is_err)
+            {
+                return Err(BusError(format!("re-register: {e}")));
+            }
+        }
+        self.health.set_synced(true);
+        self.beat().await?;
+        crate::metrics::resubscribed();
+        info!(
+            rooms = self.registered.rooms.len(),
+            users = self.registered.users.len(),
+            "registered in the cluster"
+        );
+        Ok(())
+    }
+
+    /// Removes this node from the cluster (drain): its entries, then itself.
+    pub(super) async fn deregister(&mut self) {
+        let node = self.keys.node().to_owned();
+        if let Err(e) = self.sweep(&node).await {
+            warn!(error = %e.0, "deregistration incomplete; entries expire with the heartbeat TTL");
+        }
+        let _: Result<(), _> = self.publisher.zrem(self.keys.nodes(), node.as_str()).await;
+        let _: Result<(), _> = self.subscriber.unsubscribe(Vec::<String>::new()).await;
+        self.health.set_synced(false);
+    }
+}
