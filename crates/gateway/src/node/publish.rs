@@ -140,7 +140,9 @@ impl Node {
             return Err(NodeError::Unavailable(BusError("node is draining".into())));
         }
         self.bus().publish(&prepared.broadcast).await?;
-        self.hub().deliver(&prepared.broadcast);
+        if self.hub().deliver(&prepared.broadcast).queued > 0 {
+            m::routed("local", 1);
+        }
         let source = match source {
             PublishSource::Client => "ws",
             PublishSource::Http => "http",
