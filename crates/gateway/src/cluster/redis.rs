@@ -199,9 +199,15 @@ impl RedisBus {
         let (fred, perf, conn, policy) = fred_config(config)?;
         let mut fred_pub = fred.clone();
         fred_pub.fail_fast = false;
+        // Only the subscriber needs the large broadcast buffer (pub/sub
+        // messages); the publisher's event channels carry a few events.
+        let publisher_perf = PerformanceConfig {
+            broadcast_channel_capacity: 64,
+            ..perf.clone()
+        };
         let publisher = Client::new(
             fred_pub.clone(),
-            Some(perf.clone()),
+            Some(publisher_perf),
             Some(conn.clone()),
             Some(policy.clone()),
         );
