@@ -5,8 +5,10 @@
 set -euo pipefail
 
 # Binaries the tests start for real, and the Debian package of each.
-# (The cluster and edge tests add redis-server and nginx here.)
-declare -A NEEDED=()
+# (The edge tests add nginx here.)
+declare -A NEEDED=(
+  [redis-server]=redis-server # cluster tests: a real Redis on a free loopback port
+)
 
 missing=()
 for bin in "${!NEEDED[@]}"; do

@@ -32,7 +32,7 @@ use fanout_protocol::api::{ClusterStats, Counts};
 use fanout_protocol::{Name, PresenceMember};
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{
-    ClientLike, EventInterface, HashesInterface, KeysInterface, PubsubInterface, SetsInterface,
+    ClientLike, EventInterface, HashesInterface, KeysInterface, PubsubInterface,
     SortedSetsInterface,
 };
 use fred::types::Value;
@@ -101,7 +101,7 @@ impl Health {
     }
 
     pub(crate) fn heartbeat_failed(&self, why: &str) {
-        self.set_reason(&format!("heartbeat failing: {why}"));
+        self.set_reason(&format!("redis heartbeat failing: {why}"));
     }
 
     /// Connected, registered, and the last heartbeat is younger than the TTL.
@@ -212,8 +212,10 @@ impl RedisBus {
             Some(policy.clone()),
         );
         let subscriber = SubscriberClient::new(fred_pub, Some(perf), Some(conn), Some(policy));
-        let _ = publisher.connect();
-        let _ = subscriber.connect();
+        // The connection tasks run (and reconnect) in the background; the
+        // supervisor turns their state into readiness.
+        drop(publisher.connect());
+        drop(subscriber.connect());
 
         let keys = Keyspace::new(&config.prefix, node_id);
         let health = Arc::new(Health::new(config.entry_ttl()));
@@ -240,16 +242,18 @@ impl RedisBus {
             queue_rx,
             probes.clone(),
         ));
-        tokio::spawn(receiver::probe(
-            node_id.to_owned(),
-            keys.inbox(node_id),
-            publisher.clone(),
-            subscriber.clone(),
-            health.clone(),
-            probes,
-            config.probe_interval,
-            stop.clone(),
-        ));
+        tokio::spawn(
+            receiver::Prober {
+                node: node_id.to_owned(),
+                inbox: keys.inbox(node_id),
+                publisher: publisher.clone(),
+                subscriber: subscriber.clone(),
+                health: health.clone(),
+                probes,
+                interval: config.probe_interval,
+            }
+            .run(stop.clone()),
+        );
         tokio::spawn(supervise(
             publisher.clone(),
             subscriber,
@@ -342,33 +346,37 @@ async fn supervise(
     let mut pub_events = publisher.reconnect_rx();
     let mut sub_events = subscriber.reconnect_rx();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let mut need_sync = true;
+    let mut was_up = false;
     loop {
+        let mut reconnected = false;
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
-            Ok(_) = pub_events.recv() => need_sync = true,
-            Ok(_) = sub_events.recv() => need_sync = true,
+            Ok(_) = pub_events.recv() => reconnected = true,
+            Ok(_) = sub_events.recv() => reconnected = true,
         }
         let up = publisher.is_connected() && subscriber.is_connected();
         health.connected.store(up, Ordering::Release);
         if !up {
-            if health.is_synced() || !need_sync {
+            if was_up {
                 warn!("lost the connection to redis; not ready until it is back");
             }
+            was_up = false;
             health.set_synced(false);
             health.set_reason("redis unreachable");
-            need_sync = true;
             continue;
         }
-        if need_sync {
+        was_up = true;
+        // Any reconnect (even one too quick to be seen as a disconnect) and
+        // anything that marked the node unsynced (a failed probe) resyncs.
+        if reconnected {
+            health.set_synced(false);
+        }
+        if !health.is_synced() {
             match registry.resync().await {
-                Ok(()) => {
-                    need_sync = false;
-                    info!("connected to redis and registered");
-                }
+                Ok(()) => info!("connected to redis and registered"),
                 Err(e) => {
-                    health.set_reason(&format!("resync failed: {}", e.0));
+                    health.set_reason(&format!("redis resync failed: {}", e.0));
                     warn!(error = %e.0, "resync failed; retrying");
                 }
             }
@@ -533,7 +541,7 @@ impl Bus for RedisBus {
             .sum();
         let rooms: u64 = self
             .publisher
-            .scard(self.keys.rooms())
+            .zcount(self.keys.rooms(), now_ms() as f64, f64::INFINITY)
             .await
             .map_err(redis)?;
         Ok(ClusterStats {

@@ -6,10 +6,15 @@
 mod api;
 mod auth;
 mod cli;
+mod cluster;
+mod cluster_faults;
+mod cluster_routing;
+mod cluster_support;
 mod isolation;
 mod limits;
 mod ops;
 mod pubsub;
+mod redis_support;
 mod session;
 mod slow_consumer;
 mod support;

@@ -58,7 +58,8 @@ impl Keyspace {
         format!("{}:control", self.prefix)
     }
 
-    /// SET of `t/r` of every room with at least one hosting node (for `/v1/stats`).
+    /// ZSET `t/r` → expiry of every room with a live host (for `/v1/stats`);
+    /// hosts raise the score with every heartbeat.
     pub(crate) fn rooms(&self) -> String {
         format!("{}:rooms", self.prefix)
     }
@@ -98,6 +99,9 @@ impl Keyspace {
         format!("{}:{{{tenant}}}:ch", self.prefix)
     }
 }
+
+/// Member of every live node's index; its absence tells a node it was swept.
+pub(crate) const INDEX_MARKER: &str = "n:";
 
 /// Index entries of the per-node registry index.
 pub(crate) fn index_room(tenant: &Name, room: &Name) -> String {

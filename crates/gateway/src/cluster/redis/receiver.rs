@@ -156,57 +156,66 @@ impl Probes {
 }
 
 /// Publishes probes to our own inbox and restarts a silent subscriber.
-pub(crate) async fn probe(
-    node: String,
-    inbox: String,
-    publisher: Client,
-    subscriber: SubscriberClient,
-    health: Arc<Health>,
-    probes: Arc<Probes>,
-    interval: std::time::Duration,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !health.is_ready() {
-            continue;
-        }
-        let sent = probes.sent.load(Ordering::Acquire);
-        if sent > 0 && probes.received.load(Ordering::Acquire) < sent {
-            warn!("the subscriber connection stopped delivering (probe lost); reconnecting it");
-            m::probe_failed();
-            health.set_synced(false);
-            if let Err(e) = subscriber.force_reconnection().await {
-                warn!(error = %e, "subscriber reconnect failed");
+pub(crate) struct Prober {
+    pub(crate) node: String,
+    pub(crate) inbox: String,
+    pub(crate) publisher: Client,
+    pub(crate) subscriber: SubscriberClient,
+    pub(crate) health: Arc<Health>,
+    pub(crate) probes: Arc<Probes>,
+    pub(crate) interval: std::time::Duration,
+}
+
+impl Prober {
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.interval);
+        // The probe sent last round, judged this round. Only a probe sent
+        // and judged while the node was ready counts: probes lost in an
+        // outage say nothing about the subscriber after it.
+        let mut outstanding: Option<u64> = None;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
             }
-            probes.received.store(sent, Ordering::Release);
-            continue;
-        }
-        let n = sent + 1;
-        let env = Envelope {
-            v: VERSION,
-            origin: node.clone(),
-            kind: Kind::Probe,
-            id: String::new(),
-            ts: n,
-            tenant: String::new(),
-            room: None,
-            user: None,
-            presence_only: false,
-            json: Bytes::new(),
-            msgpack: Bytes::new(),
-        };
-        let Ok(bytes) = env.encode() else { continue };
-        if publisher
-            .publish::<i64, _, _>(inbox.as_str(), bytes)
-            .await
-            .is_ok()
-        {
-            probes.sent.store(n, Ordering::Release);
+            if !self.health.is_ready() {
+                outstanding = None;
+                continue;
+            }
+            if let Some(n) = outstanding.take()
+                && self.probes.received.load(Ordering::Acquire) < n
+            {
+                warn!("the subscriber connection stopped delivering (probe lost); reconnecting it");
+                m::probe_failed();
+                self.health.set_synced(false);
+                if let Err(e) = self.subscriber.force_reconnection().await {
+                    warn!(error = %e, "subscriber reconnect failed");
+                }
+                continue;
+            }
+            let n = self.probes.sent.fetch_add(1, Ordering::AcqRel) + 1;
+            let env = Envelope {
+                v: VERSION,
+                origin: self.node.clone(),
+                kind: Kind::Probe,
+                id: String::new(),
+                ts: n,
+                tenant: String::new(),
+                room: None,
+                user: None,
+                presence_only: false,
+                json: Bytes::new(),
+                msgpack: Bytes::new(),
+            };
+            let Ok(bytes) = env.encode() else { continue };
+            if self
+                .publisher
+                .publish::<i64, _, _>(self.inbox.as_str(), bytes)
+                .await
+                .is_ok()
+            {
+                outstanding = Some(n);
+            }
         }
     }
 }

@@ -24,8 +24,9 @@ use std::time::Duration;
 
 use fanout_protocol::Name;
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{PubsubInterface, SetsInterface};
+use fred::interfaces::{PubsubInterface, SetsInterface, SortedSetsInterface};
 use fred::types::Value;
+use fred::types::sorted_sets::Ordering;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, warn};
@@ -555,10 +556,21 @@ impl Actor {
             let _: Result<(), _> = pipe.srem(&index, index_rem).await;
         }
         if !rooms_add.is_empty() {
-            let _: Result<(), _> = pipe.sadd(self.keys.rooms(), rooms_add).await;
+            let expiry = (super::now_ms() + self.config.entry_ttl().as_millis() as u64) as f64;
+            let members: Vec<(f64, String)> = rooms_add.into_iter().map(|r| (expiry, r)).collect();
+            let _: Result<(), _> = pipe
+                .zadd(
+                    self.keys.rooms(),
+                    None,
+                    Some(Ordering::GreaterThan),
+                    false,
+                    false,
+                    members,
+                )
+                .await;
         }
         if !rooms_rem.is_empty() {
-            let _: Result<(), _> = pipe.srem(self.keys.rooms(), rooms_rem).await;
+            let _: Result<(), _> = pipe.zrem(self.keys.rooms(), rooms_rem).await;
         }
         for r in pipe.try_all::<Value>().await {
             if let Err(e) = r {

@@ -210,8 +210,22 @@ return redis.call('ZCARD', KEYS[1])
     )
 });
 
+/// Remove a swept node from the node index, unless it renewed its heartbeat
+/// meanwhile. KEYS: nodes zset. ARGV: node, threshold (ms).
+pub(crate) static REMOVE_DEAD_NODE: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) < tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"#,
+    )
+});
+
 /// Every script, for loading after a (re)connect.
-pub(crate) fn all() -> [&'static Script; 7] {
+pub(crate) fn all() -> [&'static Script; 8] {
     [
         &ADMIT,
         &RELEASE,
@@ -220,5 +234,6 @@ pub(crate) fn all() -> [&'static Script; 7] {
         &ROUTE_ROOM,
         &ROUTE_USER,
         &SWEEP_ROOM,
+        &REMOVE_DEAD_NODE,
     ]
 }

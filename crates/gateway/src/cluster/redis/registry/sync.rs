@@ -4,6 +4,7 @@ use fred::interfaces::{
     HashesInterface, KeysInterface, LuaInterface, PubsubInterface, SetsInterface,
     SortedSetsInterface,
 };
+use fred::types::sorted_sets::Ordering;
 use fred::types::{Expiration, SetOptions, Value};
 use tracing::{debug, info, warn};
 
@@ -18,6 +19,8 @@ const CHUNK: usize = 1_000;
 const SUBSCRIBE_BATCH: usize = 500;
 /// Lifetime of a node's registry index; refreshed by every heartbeat.
 const INDEX_TTL_SECS: i64 = 24 * 3600;
+/// A dead node is swept this many TTLs after its heartbeat lapsed.
+const SWEEP_GRACE_TTLS: u64 = 2;
 
 fn redis_err(what: &str) -> impl Fn(fred::error::Error) -> BusError + '_ {
     move |e| BusError(format!("{what}: {e}"))
@@ -75,6 +78,9 @@ impl Actor {
             .expire(self.keys.node_index(&node), INDEX_TTL_SECS, None)
             .await;
         let _: Result<(), _> = pipe
+            .sismember(self.keys.node_index(&node), keys::INDEX_MARKER)
+            .await;
+        let _: Result<(), _> = pipe
             .zrangebyscore(self.keys.nodes(), now as f64, "+inf", false, None)
             .await;
         let _: Result<(), _> = pipe
@@ -91,10 +97,18 @@ impl Actor {
             .and_then(Result::ok)
             .and_then(|v| v.convert().ok())
             .unwrap_or_default();
+        let indexed = results.pop().and_then(Result::ok).and_then(|v| v.as_bool());
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
             return Err(BusError(format!("heartbeat: {e}")));
         }
         self.liveness.update(live, dead);
+        if indexed == Some(false) {
+            // Our registry was swept while we were alive (we missed heartbeats
+            // long enough to be taken for dead). Rewrite it.
+            warn!("this node's registry entries were swept; re-registering");
+            self.health.set_synced(false);
+            return Ok(());
+        }
 
         // Room host entries, pipelined in chunks.
         let rooms: Vec<_> = self.registered.rooms.keys().cloned().collect();
@@ -112,7 +126,14 @@ impl Actor {
                     )
                     .await;
                 let _: Result<(), _> = pipe
-                    .sadd(self.keys.rooms(), keys::room_id(tenant, room))
+                    .zadd(
+                        self.keys.rooms(),
+                        None,
+                        Some(Ordering::GreaterThan),
+                        false,
+                        false,
+                        (expiry as f64, keys::room_id(tenant, room)),
+                    )
                     .await;
             }
             if let Some(Err(e)) = pipe
@@ -128,12 +149,36 @@ impl Actor {
         Ok(())
     }
 
-    /// One node per round sweeps the registry entries of nodes whose heartbeat lapsed.
+    /// One node per round sweeps the registry entries of nodes whose
+    /// heartbeat lapsed more than `SWEEP_GRACE_TTLS` TTLs ago.
+    ///
+    /// Readers already ignore a dead node's entries from the moment its
+    /// heartbeat lapses; the sweep only collects the garbage, so it can wait.
+    /// Waiting makes it very unlikely to race a node that comes back (whose
+    /// resync first renews its heartbeat), and a node that finds its own
+    /// index swept re-registers at its next heartbeat anyway.
     async fn sweep_dead(&mut self) -> Result<(), BusError> {
-        let dead = self.liveness.dead();
-        if dead.is_empty() {
+        let grace = self.config.entry_ttl().as_millis() as u64 * SWEEP_GRACE_TTLS;
+        let threshold = now_ms().saturating_sub(grace);
+        let sweepable: Vec<String> = self
+            .publisher
+            .zrangebyscore(
+                self.keys.nodes(),
+                "-inf",
+                format!("({threshold}"),
+                false,
+                None,
+            )
+            .await
+            .map_err(redis_err("sweep candidates"))?;
+        if sweepable.is_empty() {
             return Ok(());
         }
+        // Rooms whose every host is gone (kept by no heartbeat) are garbage too.
+        let _: Result<(), _> = self
+            .publisher
+            .zremrangebyscore(self.keys.rooms(), "-inf", format!("({threshold}"))
+            .await;
         let lock_ms = (self.config.heartbeat.as_millis() as i64 * 2).max(1);
         let got: Option<String> = self
             .publisher
@@ -149,12 +194,18 @@ impl Actor {
         if got.is_none() {
             return Ok(());
         }
-        for node in dead {
+        for node in sweepable {
+            if node == self.keys.node() {
+                continue;
+            }
             info!(dead_node = %node, "sweeping the registry entries of a dead node");
             self.sweep(&node).await?;
-            let _: () = self
-                .publisher
-                .zrem(self.keys.nodes(), node.as_str())
+            let _: i64 = scripts::REMOVE_DEAD_NODE
+                .evalsha(
+                    &self.publisher,
+                    vec![self.keys.nodes()],
+                    vec![node, threshold.to_string()],
+                )
                 .await
                 .map_err(redis_err("sweep"))?;
         }
@@ -203,7 +254,7 @@ impl Actor {
             if !emptied.is_empty() {
                 let _: () = self
                     .publisher
-                    .srem(self.keys.rooms(), emptied)
+                    .zrem(self.keys.rooms(), emptied)
                     .await
                     .map_err(redis_err("sweep rooms"))?;
             }
@@ -229,6 +280,21 @@ impl Actor {
                     .map_err(redis_err("script load"))?;
             }
         }
+        // Renew our heartbeat first, so that no sweeper takes us for dead
+        // while we rewrite our entries.
+        let expiry = now_ms() + self.config.entry_ttl().as_millis() as u64;
+        let _: () = self
+            .publisher
+            .zadd(
+                self.keys.nodes(),
+                None,
+                None,
+                false,
+                false,
+                (expiry as f64, self.keys.node()),
+            )
+            .await
+            .map_err(redis_err("resync heartbeat"))?;
         // Subscriptions: inbox and control, then every room/tenant channel we hold.
         self.channels.reset_subscribed();
         self.channels.pin(self.keys.inbox(self.keys.node()));
@@ -246,7 +312,7 @@ impl Actor {
         let node = self.keys.node().to_owned();
         self.sweep(&node).await?;
         let expiry = now_ms() + self.config.entry_ttl().as_millis() as u64;
-        let mut index = Vec::new();
+        let mut index = vec![keys::INDEX_MARKER.to_owned()];
         let pipe = self.publisher.pipeline();
         let mut queued = 0usize;
         for ((tenant, room), users) in &self.registered.rooms {
@@ -268,7 +334,14 @@ impl Actor {
                 .hset(self.keys.room_members(tenant, room), fields)
                 .await;
             let _: Result<(), _> = pipe
-                .sadd(self.keys.rooms(), keys::room_id(tenant, room))
+                .zadd(
+                    self.keys.rooms(),
+                    None,
+                    Some(Ordering::GreaterThan),
+                    false,
+                    false,
+                    (expiry as f64, keys::room_id(tenant, room)),
+                )
                 .await;
             index.push(keys::index_room(tenant, room));
             queued += 3;
@@ -293,19 +366,16 @@ impl Actor {
             index.push(keys::index_tenant(tenant));
             queued += 1;
         }
-        if !index.is_empty() {
-            let _: Result<(), _> = pipe.sadd(self.keys.node_index(&node), index).await;
-            queued += 1;
-        }
-        if queued > 0 {
-            if let Some(Err(e)) = pipe
+        let _: Result<(), _> = pipe.sadd(self.keys.node_index(&node), index).await;
+        queued += 1;
+        if queued > 0
+            && let Some(Err(e)) = pipe
                 .try_all::<Value>()
                 .await
                 .into_iter()
                 .find(Result::is_err)
-            {
-                return Err(BusError(format!("re-register: {e}")));
-            }
+        {
+            return Err(BusError(format!("re-register: {e}")));
         }
         self.health.set_synced(true);
         self.beat().await?;
