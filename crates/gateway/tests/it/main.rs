@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod cluster;
 mod cluster_faults;
+mod cluster_probe;
 mod cluster_routing;
 mod cluster_support;
 mod isolation;
