@@ -235,7 +235,11 @@ impl RedisBus {
 
         let (queue_tx, queue_rx) = mpsc::channel(config.pubsub_buffer);
         let probes = Arc::new(Probes::default());
-        tokio::spawn(receiver::read(subscriber.clone(), queue_tx, stop.clone()));
+        tokio::spawn(receiver::read(
+            subscriber.message_rx(),
+            queue_tx,
+            stop.clone(),
+        ));
         tokio::spawn(receiver::dispatch(
             node_id.to_owned(),
             hub,

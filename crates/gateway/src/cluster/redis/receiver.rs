@@ -18,7 +18,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use fanout_protocol::{CloseCode, Name};
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::Message;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -31,13 +31,13 @@ use crate::hub::Hub;
 use crate::message::{Audience, Broadcast, EncodedFrame, Recipients};
 use crate::metrics as m;
 
-/// Moves pub/sub messages into the bounded dispatch queue.
+/// Moves pub/sub messages (from the subscriber's `message_rx()`) into the
+/// bounded dispatch queue; counts and logs every message lost on the way.
 pub(crate) async fn read(
-    subscriber: SubscriberClient,
+    mut rx: tokio::sync::broadcast::Receiver<Message>,
     queue: mpsc::Sender<Bytes>,
     stop: CancellationToken,
 ) {
-    let mut rx = subscriber.message_rx();
     loop {
         let msg: Message = tokio::select! {
             () = stop.cancelled() => return,
@@ -217,5 +217,69 @@ impl Prober {
                 outstanding = Some(n);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::types::config::Server;
+    use fred::types::{MessageKind, Value};
+
+    fn counter(name: &str) -> f64 {
+        crate::metrics::install()
+            .render()
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn message(n: u8) -> Message {
+        Message {
+            channel: "ch".into(),
+            value: Value::Bytes(Bytes::from(vec![n])),
+            kind: MessageKind::Message,
+            server: Server::new("127.0.0.1", 6379),
+        }
+    }
+
+    #[tokio::test]
+    async fn lag_in_the_broadcast_buffer_is_counted_not_silent_and_the_rest_flows() {
+        let before = counter(crate::metrics::PUBSUB_LAGGED);
+        let (tx, rx) = tokio::sync::broadcast::channel(8);
+        for n in 0..20 {
+            tx.send(message(n)).unwrap();
+        }
+        let (queue_tx, mut queue_rx) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        let reader = tokio::spawn(read(rx, queue_tx, stop.clone()));
+        let mut got = Vec::new();
+        for _ in 0..8 {
+            got.push(queue_rx.recv().await.unwrap()[0]);
+        }
+        assert_eq!(
+            got,
+            (12..20).collect::<Vec<u8>>(),
+            "the newest 8 survive, in order"
+        );
+        assert!(counter(crate::metrics::PUBSUB_LAGGED) - before >= 12.0);
+        stop.cancel();
+        reader.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_dispatch_queue_drops_with_a_count() {
+        let before = counter(crate::metrics::PUBSUB_DROPPED);
+        let (tx, rx) = tokio::sync::broadcast::channel(64);
+        let (queue_tx, _queue_rx) = mpsc::channel(2);
+        let stop = CancellationToken::new();
+        let reader = tokio::spawn(read(rx, queue_tx, stop.clone()));
+        for n in 0..5 {
+            tx.send(message(n)).unwrap();
+        }
+        drop(tx);
+        reader.await.unwrap();
+        assert!(counter(crate::metrics::PUBSUB_DROPPED) - before >= 3.0);
     }
 }
