@@ -283,3 +283,29 @@ async fn nodes_with_different_prefixes_on_one_redis_never_meet() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_connects_across_nodes_never_overshoot_the_user_limit() {
+    let redis = RedisServer::start().await;
+    let nodes = spawn_cluster(&redis, 3, |c| c.limits.max_connections_per_user = 4).await;
+    let u1 = any_room("u1", "acme");
+    // Twelve connects at once, four through each node.
+    let attempts = (0..12).map(|i| {
+        let node = &nodes[i % 3];
+        let spec = u1.clone();
+        async move { node.try_connect(Codec::Json, &spec).await }
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let mut admitted = Vec::new();
+    for (client, first) in results {
+        match first {
+            Event::Frame(w) if w["type"] == "welcome" => admitted.push(client),
+            other => assert_refused(&other, 4003),
+        }
+    }
+    // The admission script is atomic in Redis: the bound is exact.
+    assert_eq!(admitted.len(), 4, "admitted {} connections", admitted.len());
+    for mut client in admitted {
+        client.assert_alive().await;
+    }
+}
