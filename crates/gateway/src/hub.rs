@@ -418,6 +418,7 @@ mod tests {
             frame: Arc::new(EncodedFrame::encode(&ServerFrame::Pong { id: None }).unwrap()),
             accepted_at: Instant::now(),
             ts: 0,
+            id: Arc::from("m"),
         }
     }
 

@@ -112,4 +112,6 @@ pub struct Broadcast {
     pub accepted_at: Instant,
     /// Milliseconds since the epoch at which the cluster accepted it.
     pub ts: u64,
+    /// Message id (empty for presence events), carried in cross-node envelopes.
+    pub id: Arc<str>,
 }

@@ -84,9 +84,15 @@ impl Server {
         };
         let id = config.node_id.clone().unwrap_or_else(generated_node_id);
         let bus: Arc<dyn Bus> = match &config.redis {
-            Some(redis) => {
-                Arc::new(RedisBus::start(redis, &id, hub.clone()).map_err(StartError::Config)?)
-            }
+            Some(redis) => Arc::new(
+                RedisBus::start(
+                    redis,
+                    &id,
+                    listener.local_addr().unwrap_or(config.listen),
+                    hub.clone(),
+                )
+                .map_err(StartError::Config)?,
+            ),
             None => Arc::new(EmbeddedBus::new(hub.clone())),
         };
         let node = Node::new(

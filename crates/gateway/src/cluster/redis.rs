@@ -195,7 +195,13 @@ fn fred_config(
 impl RedisBus {
     /// Builds the bus and starts its tasks. Does not wait for Redis: the
     /// node starts with readiness false and becomes ready when Redis answers.
-    pub fn start(config: &RedisConfig, node_id: &str, hub: Hub) -> Result<Self, String> {
+    /// `addr` is the node's listen address, published in its heartbeat.
+    pub fn start(
+        config: &RedisConfig,
+        node_id: &str,
+        addr: std::net::SocketAddr,
+        hub: Hub,
+    ) -> Result<Self, String> {
         let (fred, perf, conn, policy) = fred_config(config)?;
         let mut fred_pub = fred.clone();
         fred_pub.fail_fast = false;
@@ -231,6 +237,7 @@ impl RedisBus {
             channels: Default::default(),
             registered: Default::default(),
             started_ms: now_ms(),
+            addr: addr.to_string(),
         });
 
         let (queue_tx, queue_rx) = mpsc::channel(config.pubsub_buffer);
@@ -302,7 +309,7 @@ impl RedisBus {
             v: VERSION,
             origin: self.keys.node().to_owned(),
             kind,
-            id: String::new(),
+            id: msg.map(|b| b.id.to_string()).unwrap_or_default(),
             ts: msg.map(|b| b.ts).unwrap_or_else(now_ms),
             tenant: tenant.to_string(),
             room,

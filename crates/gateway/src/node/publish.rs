@@ -73,10 +73,15 @@ impl Publish {
 /// A publish encoded and ready for the bus, with its id.
 #[derive(Debug)]
 pub struct Prepared {
-    /// Message id returned to the publisher.
-    pub id: String,
     broadcast: Broadcast,
     scope: Scope,
+}
+
+impl Prepared {
+    /// Message id returned to the publisher.
+    pub fn id(&self) -> &str {
+        &self.broadcast.id
+    }
 }
 
 fn scope_label(scope: Scope) -> &'static str {
@@ -116,7 +121,6 @@ impl Node {
             )));
         }
         Ok(Prepared {
-            id,
             scope,
             broadcast: Broadcast {
                 tenant: publish.tenant,
@@ -126,6 +130,7 @@ impl Node {
                 frame: Arc::new(encoded),
                 accepted_at: Instant::now(),
                 ts,
+                id: Arc::from(id),
             },
         })
     }
@@ -148,7 +153,7 @@ impl Node {
             PublishSource::Http => "http",
         };
         m::published(source, scope_label(prepared.scope));
-        Ok(prepared.id)
+        Ok(prepared.broadcast.id.to_string())
     }
 
     /// Validates, encodes and sends one message; returns its id.
@@ -185,6 +190,7 @@ impl Node {
             frame: Arc::new(encoded),
             accepted_at: Instant::now(),
             ts: now_millis(),
+            id: Arc::from(""),
         };
         if let Err(e) = self.bus().publish(&broadcast).await {
             tracing::warn!(error = %e, "presence event not sent to other nodes");

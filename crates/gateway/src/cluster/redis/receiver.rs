@@ -139,6 +139,7 @@ fn deliver(hub: &Hub, env: Envelope) {
         frame: Arc::new(frame),
         accepted_at: Instant::now(),
         ts: env.ts,
+        id: Arc::from(env.id.as_str()),
     });
 }
 

@@ -171,6 +171,8 @@ pub(crate) struct Actor {
     pub(crate) registered: Registered,
     /// Node start time (ms), published in the node info.
     pub(crate) started_ms: u64,
+    /// Listen address, published in the node info.
+    pub(crate) addr: String,
 }
 
 /// Starts the actor; returns its handle.

@@ -49,6 +49,7 @@ impl Actor {
         let node = self.keys.node().to_owned();
         let info = serde_json::json!({
             "id": node,
+            "addr": self.addr,
             "started_ms": self.started_ms,
             "connections": self.registered.tenants.values().sum::<u32>(),
             "rooms": self.registered.rooms.len(),
