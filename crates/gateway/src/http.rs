@@ -8,6 +8,7 @@
 mod api;
 mod error;
 mod extract;
+pub mod listener;
 mod ops;
 mod ws;
 

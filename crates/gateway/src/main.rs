@@ -111,7 +111,20 @@ fn main() -> Result<()> {
     }
 }
 
+/// Raises the soft open-files limit to the hard limit: every connection is a
+/// descriptor, and distributions default the soft limit to 1024.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!(
+            limit,
+            "open file descriptor limit (soft) raised to the hard limit"
+        ),
+        Err(e) => warn!(error = %e, "cannot raise the open file descriptor limit"),
+    }
+}
+
 async fn run(config: Config) -> Result<()> {
+    raise_fd_limit();
     let dev = config.is_dev_mode();
     let server = Server::bind(config).await?;
     let addr = server.local_addr();

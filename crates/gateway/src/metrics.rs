@@ -54,6 +54,8 @@ pub const RESUBSCRIBES: &str = "fanout_resubscribes_total";
 pub const PROBE_FAILURES: &str = "fanout_probe_failures_total";
 /// Live nodes in the cluster as this node sees them.
 pub const CLUSTER_NODES: &str = "fanout_cluster_nodes";
+/// Failed accepts, by kind (`fd_exhausted`, `other`); each is followed by a backoff.
+pub const ACCEPT_ERRORS: &str = "fanout_accept_errors_total";
 /// HTTP API requests, by route and status.
 pub const HTTP_REQUESTS: &str = "fanout_http_requests_total";
 
@@ -181,4 +183,8 @@ pub(crate) fn probe_failed() {
 
 pub(crate) fn cluster_nodes(n: usize) {
     gauge!(CLUSTER_NODES).set(n as f64);
+}
+
+pub(crate) fn accept_error(kind: &'static str) {
+    counter!(ACCEPT_ERRORS, "kind" => kind).increment(1);
 }

@@ -19,6 +19,7 @@ use crate::cluster::embedded::EmbeddedBus;
 use crate::cluster::redis::RedisBus;
 use crate::config::Config;
 use crate::http;
+use crate::http::listener::{GuardedListener, PeerAddr};
 use crate::hub::Hub;
 use crate::node::{Node, NodeParts};
 
@@ -149,9 +150,9 @@ impl Server {
         // answers 503 and new upgrades get 503 instead of a refused
         // connection; they stop once the sessions are gone.
         let http_stop = CancellationToken::new();
-        let app = http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app = http::router(node.clone()).into_make_service_with_connect_info::<PeerAddr>();
         let mut main = tokio::spawn(
-            axum::serve(listener, app)
+            axum::serve(GuardedListener::new(listener), app)
                 .with_graceful_shutdown(http_stop.clone().cancelled_owned())
                 .into_future(),
         );

@@ -6,9 +6,9 @@
 //! defaults allocate 128 KiB per socket for reading, 12.5 GiB per 100k
 //! connections) and the frame limit that closes with 1009.
 
-use std::net::SocketAddr;
-
 use axum::extract::{ConnectInfo, Request, State};
+
+use super::listener::PeerAddr;
 use axum::http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
     SEC_WEBSOCKET_VERSION, UPGRADE,
@@ -71,7 +71,7 @@ fn bad_upgrade(message: &'static str) -> Response {
 /// `GET /ws`.
 pub(crate) async fn upgrade(
     State(node): State<Node>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     mut req: Request,
 ) -> Response {
     if node.is_draining() {

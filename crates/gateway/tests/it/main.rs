@@ -11,6 +11,7 @@ mod cluster_faults;
 mod cluster_probe;
 mod cluster_routing;
 mod cluster_support;
+mod fd_limit;
 mod isolation;
 mod limits;
 mod ops;
