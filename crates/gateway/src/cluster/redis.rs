@@ -16,7 +16,7 @@
 //! is what keeps a publisher's messages in order across a routing switch.
 //! See `docs/architecture.md` for the keyspace and the routing rule.
 
-mod envelope;
+pub mod envelope;
 mod keys;
 mod receiver;
 mod registry;

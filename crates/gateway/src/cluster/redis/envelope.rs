@@ -5,17 +5,19 @@
 //! its hub as they are: no frame is re-serialised on the way. Envelopes are
 //! maps with named fields (`to_vec_named`) so that nodes of neighbouring
 //! versions can read each other's envelopes during a rolling upgrade.
+//!
+//! Public so that benchmarks and tools can measure and inspect the format.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Envelope format version.
-pub(crate) const VERSION: u8 = 1;
+pub const VERSION: u8 = 1;
 
 /// What the envelope asks the receiving node to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Kind {
+pub enum Kind {
     /// Deliver the frame to local members of the audience.
     Deliver,
     /// Close the user's local connections with 4001.
@@ -26,45 +28,45 @@ pub(crate) enum Kind {
 
 /// One cross-node message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Envelope {
+pub struct Envelope {
     /// Format version.
-    pub(crate) v: u8,
+    pub v: u8,
     /// The node that accepted the message (a node ignores its own).
-    pub(crate) origin: String,
+    pub origin: String,
     /// What to do.
-    pub(crate) kind: Kind,
+    pub kind: Kind,
     /// Message id (empty for presence events and control messages).
     #[serde(default)]
-    pub(crate) id: String,
+    pub id: String,
     /// Milliseconds since the epoch at acceptance (or the probe number).
-    pub(crate) ts: u64,
+    pub ts: u64,
     /// Tenant.
-    pub(crate) tenant: String,
+    pub tenant: String,
     /// Room, for room audiences.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) room: Option<String>,
+    pub room: Option<String>,
     /// User, for user audiences and disconnects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) user: Option<String>,
+    pub user: Option<String>,
     /// Only room members that asked for presence events (join/leave).
     #[serde(default)]
-    pub(crate) presence_only: bool,
+    pub presence_only: bool,
     /// The frame as JSON text.
     #[serde(default)]
-    pub(crate) json: Bytes,
+    pub json: Bytes,
     /// The frame as MessagePack.
     #[serde(default)]
-    pub(crate) msgpack: Bytes,
+    pub msgpack: Bytes,
 }
 
 impl Envelope {
     /// Encodes to MessagePack.
-    pub(crate) fn encode(&self) -> Result<Bytes, rmp_serde::encode::Error> {
+    pub fn encode(&self) -> Result<Bytes, rmp_serde::encode::Error> {
         rmp_serde::to_vec_named(self).map(Bytes::from)
     }
 
     /// Decodes from MessagePack.
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
+    pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
         rmp_serde::from_slice(bytes)
     }
 }

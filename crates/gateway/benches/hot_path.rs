@@ -1,0 +1,154 @@
+//! Microbenchmarks of the data path: what one message costs at each step.
+//!
+//! `cargo bench -p fanout-gateway --bench hot_path` (release profile).
+//! - frame encode per codec, and both at once (what `Node::prepare` does);
+//! - client frame decode per codec;
+//! - hub delivery to a room of N local members (lookup + one `Bytes` clone
+//!   and queue push per member), per member count;
+//! - cross-node envelope encode and decode.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use fanout_gateway::cluster::redis::envelope::{Envelope, Kind, VERSION};
+use fanout_gateway::hub::queue::{Next, SendQueue};
+use fanout_gateway::hub::{ConnHandle, ConnLimits, Hub};
+use fanout_gateway::message::{Audience, Broadcast, EncodedFrame, Recipients};
+use fanout_protocol::{Codec, MessageFrame, Name, Scope, ServerFrame};
+use serde_json::json;
+
+fn payload() -> serde_json::Value {
+    json!({"text": "hello, world", "author": {"id": "u42", "name": "Ada"}, "seq": 123456, "tags": ["a", "b", "c"]})
+}
+
+fn message<'a>(data: &'a serde_json::Value) -> ServerFrame<'a> {
+    ServerFrame::Message(MessageFrame {
+        scope: Scope::Room,
+        room: Some("lobby"),
+        event: "chat",
+        data,
+        id: "01a20943-8b78-73c4-acc5-6c7d27a84591",
+        ts: 1_763_800_000_000,
+    })
+}
+
+fn encode(c: &mut Criterion) {
+    let data = payload();
+    let frame = message(&data);
+    let mut g = c.benchmark_group("encode");
+    g.bench_function("json", |b| b.iter(|| Codec::Json.encode(&frame).unwrap()));
+    g.bench_function("msgpack", |b| {
+        b.iter(|| Codec::MsgPack.encode(&frame).unwrap())
+    });
+    g.bench_function("both_codecs", |b| {
+        b.iter(|| EncodedFrame::encode(&frame).unwrap())
+    });
+    g.finish();
+}
+
+fn decode(c: &mut Criterion) {
+    let frame = json!({"type":"publish","id":3,"room":"lobby","event":"chat","data": payload()});
+    let as_json = frame.to_string().into_bytes();
+    let as_msgpack = rmp_serde::to_vec_named(&frame).unwrap();
+    let mut g = c.benchmark_group("decode_client_frame");
+    g.bench_function("json", |b| b.iter(|| Codec::Json.decode(&as_json).unwrap()));
+    g.bench_function("msgpack", |b| {
+        b.iter(|| Codec::MsgPack.decode(&as_msgpack).unwrap())
+    });
+    g.finish();
+}
+
+fn name(s: &str) -> Name {
+    Name::new("bench", s).unwrap()
+}
+
+/// Delivery into a room of `members` local connections; only `deliver` is timed.
+fn hub_deliver(c: &mut Criterion) {
+    let data = payload();
+    let frame = Arc::new(EncodedFrame::encode(&message(&data)).unwrap());
+    let mut g = c.benchmark_group("hub_deliver_room");
+    for members in [10usize, 100, 1_000, 10_000] {
+        let hub = Hub::new();
+        let mut conns = Vec::with_capacity(members);
+        for i in 0..members {
+            let id = hub.next_conn_id();
+            let conn = Arc::new(ConnHandle {
+                id,
+                public_id: id.to_string(),
+                tenant: name("acme"),
+                user: name(&format!("u{i}")),
+                codec: if i % 4 == 0 {
+                    Codec::MsgPack
+                } else {
+                    Codec::Json
+                },
+                queue: SendQueue::new(1 << 20, 1 << 30),
+            });
+            hub.try_insert(conn.clone(), ConnLimits::default()).unwrap();
+            hub.join(&conn, &name("lobby"), false);
+            conns.push(conn);
+        }
+        let msg = Broadcast {
+            tenant: name("acme"),
+            audience: Audience::Room(name("lobby")),
+            recipients: Recipients::Everyone,
+            exclude: None,
+            frame: frame.clone(),
+            accepted_at: Instant::now(),
+            ts: 0,
+            id: Arc::from("m"),
+        };
+        g.throughput(Throughput::Elements(members as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(members), &members, |b, _| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    hub.deliver(&msg);
+                    total += start.elapsed();
+                    for c in &conns {
+                        while let Next::Frame(_) = c.queue.pop() {}
+                    }
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+fn envelope(c: &mut Criterion) {
+    let data = payload();
+    let (json, msgpack) = EncodedFrame::encode(&message(&data)).unwrap().wire_parts();
+    let env = Envelope {
+        v: VERSION,
+        origin: "fanout-0-a1b2c3".into(),
+        kind: Kind::Deliver,
+        id: "01a20943-8b78-73c4-acc5-6c7d27a84591".into(),
+        ts: 1_763_800_000_000,
+        tenant: "acme".into(),
+        room: Some("lobby".into()),
+        user: None,
+        presence_only: false,
+        json,
+        msgpack,
+    };
+    let bytes: Bytes = env.encode().unwrap();
+    let mut g = c.benchmark_group("envelope");
+    g.bench_function("encode", |b| b.iter(|| env.encode().unwrap()));
+    g.bench_function("decode", |b| b.iter(|| Envelope::decode(&bytes).unwrap()));
+    g.bench_function("decode_to_frame", |b| {
+        b.iter(|| {
+            let e = Envelope::decode(&bytes).unwrap();
+            EncodedFrame::from_wire(e.json, e.msgpack).unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, encode, decode, hub_deliver, envelope);
+criterion_main!(benches);
