@@ -179,7 +179,13 @@ impl Server {
         {
             ops.abort();
         }
-        node.bus().shutdown().await;
+        // Deregistering needs Redis; without it (or time), entries expire by TTL.
+        if tokio::time::timeout_at(deadline, node.bus().shutdown())
+            .await
+            .is_err()
+        {
+            warn!("bus shutdown timed out; registry entries expire with the heartbeat TTL");
+        }
         info!("stopped");
         Ok(())
     }

@@ -53,6 +53,9 @@ use keys::Keyspace;
 use receiver::Probes;
 use registry::{Actor, Registry};
 
+/// Capacity of fred's pub/sub broadcast channel (messages).
+const FRED_BROADCAST_CAPACITY: usize = 4_096;
+
 /// Milliseconds since the epoch.
 pub(crate) fn now_ms() -> u64 {
     crate::node::now_millis()
@@ -176,7 +179,10 @@ fn fred_config(
     let fred = FredConfig::from_url(&config.url).map_err(|e| format!("redis.url: {e}"))?;
     let perf = PerformanceConfig {
         default_command_timeout: config.command_timeout,
-        broadcast_channel_capacity: config.pubsub_buffer,
+        // fred preallocates every one of its broadcast channels at this
+        // capacity; the deep buffer is our own queue (allocated as it fills),
+        // and this one only has to absorb the reader's scheduling delays.
+        broadcast_channel_capacity: FRED_BROADCAST_CAPACITY,
         ..Default::default()
     };
     let conn = ConnectionConfig {
@@ -335,7 +341,7 @@ impl RedisBus {
         ];
         args.extend(self.liveness.dead().into_iter().map(Value::from));
         scripts::ROUTE_USER
-            .evalsha::<i64, _, _, _>(
+            .evalsha_with_reload::<i64, _, _>(
                 &self.publisher,
                 vec![self.keys.user_conns(tenant, user)],
                 args,
@@ -456,7 +462,7 @@ impl Bus for RedisBus {
                     Value::Bytes(payload),
                 ];
                 let reply: Vec<i64> = scripts::ROUTE_ROOM
-                    .evalsha(
+                    .evalsha_with_reload(
                         &self.publisher,
                         vec![self.keys.room_hosts(&msg.tenant, room)],
                         args,
@@ -563,8 +569,10 @@ impl Bus for RedisBus {
     }
 
     async fn shutdown(&self) {
-        self.registry.deregister().await;
+        // Stop the supervisor and the prober first, so that nothing resyncs
+        // (re-registers) the node while it deregisters.
         self.stop.cancel();
+        self.registry.deregister().await;
         let _ = self.publisher.quit().await;
     }
 }

@@ -201,6 +201,7 @@ fn validate_redis(r: &super::RedisConfig) -> Result<(), ConfigError> {
         ("redis.heartbeat", r.heartbeat),
         ("redis.command_timeout", r.command_timeout),
         ("redis.probe_interval", r.probe_interval),
+        ("redis.channel_linger", r.channel_linger),
     ] {
         if d.is_zero() {
             return Err(invalid(field, "must be greater than zero"));

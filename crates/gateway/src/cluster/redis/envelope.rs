@@ -7,6 +7,11 @@
 //! versions can read each other's envelopes during a rolling upgrade.
 //!
 //! Public so that benchmarks and tools can measure and inspect the format.
+//!
+//! Compatibility policy: adding an optional field (with a serde default)
+//! keeps `v`; anything an older node would misread bumps `v`, and nodes
+//! drop envelopes of a version they do not know (counted as
+//! `fanout_pubsub_dropped_total{reason="version"}`).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -3,8 +3,10 @@
 //! fred hands subscriber messages out through a tokio broadcast channel that
 //! drops the oldest messages when a receiver lags (`RecvError::Lagged`). The
 //! reader here does nothing but move messages into the node's own bounded
-//! queue, so it keeps up; the dispatcher decodes and delivers. Any lag or
-//! overflow is counted and logged, never silent.
+//! queue (`redis.pubsub_buffer` messages), so it keeps up; the dispatcher
+//! decodes and delivers. If the dispatcher falls that far behind, the reader
+//! waits and fred's channel overflows: that lag is counted and logged, never
+//! silent.
 //!
 //! The probe: a node publishes a numbered probe to its own inbox every
 //! `probe_interval`. If one has not come back by the next round while the
@@ -55,9 +57,10 @@ pub(crate) async fn read(
             m::pubsub_dropped("not_bytes");
             continue;
         };
-        if queue.try_send(bytes).is_err() {
-            m::pubsub_dropped("queue_full");
-            warn!("dispatch queue full; a cross-node message was dropped");
+        // Waiting here pushes back on fred's broadcast channel, whose
+        // overflow is counted as lag above; a full queue drops nothing silently.
+        if queue.send(bytes).await.is_err() {
+            return;
         }
     }
 }
@@ -267,20 +270,5 @@ mod tests {
         assert!(counter(crate::metrics::PUBSUB_LAGGED) - before >= 12.0);
         stop.cancel();
         reader.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_full_dispatch_queue_drops_with_a_count() {
-        let before = counter(crate::metrics::PUBSUB_DROPPED);
-        let (tx, rx) = tokio::sync::broadcast::channel(64);
-        let (queue_tx, _queue_rx) = mpsc::channel(2);
-        let stop = CancellationToken::new();
-        let reader = tokio::spawn(read(rx, queue_tx, stop.clone()));
-        for n in 0..5 {
-            tx.send(message(n)).unwrap();
-        }
-        drop(tx);
-        reader.await.unwrap();
-        assert!(counter(crate::metrics::PUBSUB_DROPPED) - before >= 3.0);
     }
 }

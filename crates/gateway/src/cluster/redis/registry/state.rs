@@ -163,14 +163,6 @@ impl Registered {
         }
         false
     }
-
-    /// Local members of a room.
-    pub(crate) fn room_member_count(&self, tenant: &Name, room: &Name) -> u32 {
-        self.rooms
-            .get(&(tenant.clone(), room.clone()))
-            .map(|u| u.values().sum())
-            .unwrap_or(0)
-    }
 }
 
 /// Decrements a count, removing it at zero; returns true when it reached zero.
@@ -226,7 +218,6 @@ mod tests {
         assert_eq!(r.remove_conn(&n("t"), &n("v")), (true, true));
         assert!(r.add_member(&n("t"), &n("r"), &n("u")));
         assert!(!r.add_member(&n("t"), &n("r"), &n("u")));
-        assert_eq!(r.room_member_count(&n("t"), &n("r")), 2);
         assert!(!r.remove_member(&n("t"), &n("r"), &n("u")));
         assert!(r.remove_member(&n("t"), &n("r"), &n("u")));
         assert!(r.rooms.is_empty());

@@ -313,11 +313,34 @@ impl Actor {
         let node = self.keys.node().to_owned();
         self.sweep(&node).await?;
         let expiry = now_ms() + self.config.entry_ttl().as_millis() as u64;
+        // The index first (a superset is safe to sweep), then the entries,
+        // in pipelines of CHUNK commands so that a node with many rooms
+        // never sends one pipeline larger than a command timeout allows.
         let mut index = vec![keys::INDEX_MARKER.to_owned()];
-        let pipe = self.publisher.pipeline();
-        let mut queued = 0usize;
+        index.extend(
+            self.registered
+                .rooms
+                .keys()
+                .map(|(t, r)| keys::index_room(t, r)),
+        );
+        index.extend(
+            self.registered
+                .users
+                .keys()
+                .map(|(t, u)| keys::index_user(t, u)),
+        );
+        index.extend(self.registered.tenants.keys().map(keys::index_tenant));
+        for chunk in index.chunks(CHUNK) {
+            let _: () = self
+                .publisher
+                .sadd(self.keys.node_index(&node), chunk.to_vec())
+                .await
+                .map_err(redis_err("re-register index"))?;
+        }
+        let mut pipe = Chunked::new(&self.publisher);
         for ((tenant, room), users) in &self.registered.rooms {
-            let _: Result<(), _> = pipe
+            let p = pipe.next().await?;
+            let _: Result<(), _> = p
                 .zadd(
                     self.keys.room_hosts(tenant, room),
                     None,
@@ -331,10 +354,8 @@ impl Actor {
                 .iter()
                 .map(|(u, n)| (format!("{node}|{u}"), n.to_string()))
                 .collect();
-            let _: Result<(), _> = pipe
-                .hset(self.keys.room_members(tenant, room), fields)
-                .await;
-            let _: Result<(), _> = pipe
+            let _: Result<(), _> = p.hset(self.keys.room_members(tenant, room), fields).await;
+            let _: Result<(), _> = p
                 .zadd(
                     self.keys.rooms(),
                     None,
@@ -344,40 +365,26 @@ impl Actor {
                     (expiry as f64, keys::room_id(tenant, room)),
                 )
                 .await;
-            index.push(keys::index_room(tenant, room));
-            queued += 3;
         }
         for ((tenant, user), n) in &self.registered.users {
-            let _: Result<(), _> = pipe
+            let p = pipe.next().await?;
+            let _: Result<(), _> = p
                 .hset(
                     self.keys.user_conns(tenant, user),
                     (node.as_str(), n.to_string()),
                 )
                 .await;
-            index.push(keys::index_user(tenant, user));
-            queued += 1;
         }
         for (tenant, n) in &self.registered.tenants {
-            let _: Result<(), _> = pipe
+            let p = pipe.next().await?;
+            let _: Result<(), _> = p
                 .hset(
                     self.keys.tenant_conns(tenant),
                     (node.as_str(), n.to_string()),
                 )
                 .await;
-            index.push(keys::index_tenant(tenant));
-            queued += 1;
         }
-        let _: Result<(), _> = pipe.sadd(self.keys.node_index(&node), index).await;
-        queued += 1;
-        if queued > 0
-            && let Some(Err(e)) = pipe
-                .try_all::<Value>()
-                .await
-                .into_iter()
-                .find(Result::is_err)
-        {
-            return Err(BusError(format!("re-register: {e}")));
-        }
+        pipe.finish().await?;
         self.health.set_synced(true);
         self.beat().await?;
         crate::metrics::resubscribed();
@@ -398,5 +405,52 @@ impl Actor {
         let _: Result<(), _> = self.publisher.zrem(self.keys.nodes(), node.as_str()).await;
         let _: Result<(), _> = self.subscriber.unsubscribe(Vec::<String>::new()).await;
         self.health.set_synced(false);
+    }
+}
+
+/// A pipeline that is sent every `CHUNK` entries.
+struct Chunked<'a> {
+    client: &'a fred::clients::Client,
+    pipe: fred::clients::Pipeline<fred::clients::Client>,
+    entries: usize,
+}
+
+impl<'a> Chunked<'a> {
+    fn new(client: &'a fred::clients::Client) -> Self {
+        Self {
+            client,
+            pipe: client.pipeline(),
+            entries: 0,
+        }
+    }
+
+    /// The pipeline to queue the next entry on (sending the full one first).
+    async fn next(&mut self) -> Result<&fred::clients::Pipeline<fred::clients::Client>, BusError> {
+        if self.entries == CHUNK {
+            self.send().await?;
+        }
+        self.entries += 1;
+        Ok(&self.pipe)
+    }
+
+    async fn send(&mut self) -> Result<(), BusError> {
+        let pipe = std::mem::replace(&mut self.pipe, self.client.pipeline());
+        self.entries = 0;
+        match pipe
+            .try_all::<Value>()
+            .await
+            .into_iter()
+            .find(Result::is_err)
+        {
+            Some(Err(e)) => Err(BusError(format!("re-register: {e}"))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn finish(mut self) -> Result<(), BusError> {
+        if self.entries > 0 {
+            self.send().await?;
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,355 @@
+//! Applying a batch of registry changes: subscribe, then one pipeline.
+//!
+//! Changes are applied to the actor's own view (`Registered`) in the order
+//! they arrived, *before* the pipeline runs, so every script sees the state
+//! its predecessors in the batch produced (a leave after a join in the same
+//! batch knows the room is not empty). A change Redis refused is rolled back.
+//! Index entries a change creates are added to the node's index at the front
+//! of the same pipeline (a superset is safe to sweep); entries that end up
+//! unused are removed after the pipeline, from the final view.
+
+use std::collections::BTreeSet;
+
+use fanout_protocol::Name;
+use fred::interfaces::{PubsubInterface, SetsInterface, SortedSetsInterface};
+use fred::types::Value;
+use fred::types::sorted_sets::Ordering;
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use super::Actor;
+use crate::cluster::redis::keys::{self, IndexEntry};
+use crate::cluster::redis::{now_ms, scripts};
+use crate::cluster::{AdmitError, BusError};
+use crate::hub::{ConnLimits, LimitExceeded};
+
+/// One connection's registry change.
+#[derive(Debug)]
+pub(crate) enum Change {
+    Register {
+        tenant: Name,
+        user: Name,
+        limits: ConnLimits,
+        reply: oneshot::Sender<Result<(), AdmitError>>,
+    },
+    Unregister {
+        tenant: Name,
+        user: Name,
+    },
+    Join {
+        tenant: Name,
+        room: Name,
+        user: Name,
+        reply: oneshot::Sender<Result<bool, BusError>>,
+    },
+    Leave {
+        tenant: Name,
+        room: Name,
+        user: Name,
+        reply: oneshot::Sender<Result<bool, BusError>>,
+    },
+}
+
+impl Change {
+    /// Admissions and joins are refused while the node is not ready;
+    /// departures are always recorded (a resync corrects Redis later).
+    pub(crate) fn needs_ready(&self) -> bool {
+        matches!(self, Change::Register { .. } | Change::Join { .. })
+    }
+
+    /// Answers the change with an error without applying it.
+    pub(crate) fn refuse(self, err: BusError) {
+        match self {
+            Change::Register { reply, .. } => drop(reply.send(Err(AdmitError::Unavailable(err)))),
+            Change::Join { reply, .. } | Change::Leave { reply, .. } => drop(reply.send(Err(err))),
+            Change::Unregister { .. } => {}
+        }
+    }
+}
+
+fn redis_error(r: Option<Result<Value, fred::error::Error>>) -> BusError {
+    match r {
+        Some(Err(e)) => BusError(format!("redis: {e}")),
+        _ => BusError("no reply from redis".into()),
+    }
+}
+
+/// Reads a `{a, b}` script reply.
+fn pair(v: &Value) -> (i64, i64) {
+    match v {
+        Value::Array(items) => (
+            items.first().and_then(Value::as_i64).unwrap_or(0),
+            items.get(1).and_then(Value::as_i64).unwrap_or(0),
+        ),
+        _ => (0, 0),
+    }
+}
+
+impl Actor {
+    fn channel_of(&self, change: &Change) -> Option<String> {
+        match change {
+            Change::Register { tenant, .. } => Some(self.keys.tenant_channel(tenant)),
+            Change::Join { tenant, room, .. } => Some(self.keys.room_channel(tenant, room)),
+            _ => None,
+        }
+    }
+
+    /// Subscribes what the batch needs, runs its scripts in one pipeline, replies.
+    pub(super) async fn flush(&mut self, mut batch: Vec<Change>) {
+        if batch.is_empty() {
+            return;
+        }
+        // 1. Channels first: a node must hear a room or tenant before it
+        //    registers for it. If that fails, those changes fail now.
+        let wanted: Vec<String> = batch.iter().filter_map(|c| self.channel_of(c)).collect();
+        let missing = self.channels.missing(&wanted);
+        if !missing.is_empty() {
+            match self.subscriber.subscribe(missing.clone()).await {
+                Ok(()) => self.channels.mark_subscribed(&missing),
+                Err(e) => {
+                    let err = BusError(format!("subscribe failed: {e}"));
+                    let (refused, kept): (Vec<_>, Vec<_>) = batch
+                        .into_iter()
+                        .partition(|c| self.channel_of(c).is_some_and(|ch| missing.contains(&ch)));
+                    refused.into_iter().for_each(|c| c.refuse(err.clone()));
+                    batch = kept;
+                }
+            }
+        }
+
+        // 2. Apply in order to our view and queue the scripts.
+        let now = now_ms();
+        let expiry = now + self.config.entry_ttl().as_millis() as u64;
+        let node = self.keys.node().to_owned();
+        let dead: Vec<Value> = self.liveness.dead().into_iter().map(Value::from).collect();
+        let linger = self.config.channel_linger;
+        let mut created = Vec::new();
+        let mut touched = BTreeSet::new();
+        let mut new_rooms = Vec::new();
+        let mut scripted = Vec::with_capacity(batch.len());
+        for change in batch {
+            let (script, keys, mut args): (_, Vec<String>, Vec<Value>) = match &change {
+                Change::Register {
+                    tenant,
+                    user,
+                    limits,
+                    ..
+                } => {
+                    let (first_user, first_tenant) = self.registered.add_conn(tenant, user);
+                    self.channels.acquire(self.keys.tenant_channel(tenant));
+                    if first_user {
+                        created.push(keys::index_user(tenant, user));
+                    }
+                    if first_tenant {
+                        created.push(keys::index_tenant(tenant));
+                    }
+                    touched.insert(keys::index_user(tenant, user));
+                    touched.insert(keys::index_tenant(tenant));
+                    let keys = vec![
+                        self.keys.user_conns(tenant, user),
+                        self.keys.tenant_conns(tenant),
+                    ];
+                    let args = vec![
+                        node.clone().into(),
+                        limits.per_user.into(),
+                        limits.per_tenant.into(),
+                    ];
+                    (&scripts::ADMIT, keys, args)
+                }
+                Change::Unregister { tenant, user } => {
+                    self.registered.remove_conn(tenant, user);
+                    self.channels
+                        .release(&self.keys.tenant_channel(tenant), linger);
+                    touched.insert(keys::index_user(tenant, user));
+                    touched.insert(keys::index_tenant(tenant));
+                    let keys = vec![
+                        self.keys.user_conns(tenant, user),
+                        self.keys.tenant_conns(tenant),
+                    ];
+                    (&scripts::RELEASE, keys, vec![node.clone().into()])
+                }
+                Change::Join {
+                    tenant, room, user, ..
+                } => {
+                    if self.registered.add_member(tenant, room, user) {
+                        created.push(keys::index_room(tenant, room));
+                        new_rooms.push((expiry as f64, keys::room_id(tenant, room)));
+                    }
+                    self.channels.acquire(self.keys.room_channel(tenant, room));
+                    touched.insert(keys::index_room(tenant, room));
+                    let keys = vec![
+                        self.keys.room_hosts(tenant, room),
+                        self.keys.room_members(tenant, room),
+                    ];
+                    let args = vec![
+                        node.clone().into(),
+                        user.to_string().into(),
+                        now.to_string().into(),
+                        expiry.to_string().into(),
+                    ];
+                    (&scripts::JOIN, keys, args)
+                }
+                Change::Leave {
+                    tenant, room, user, ..
+                } => {
+                    let emptied = self.registered.remove_member(tenant, room, user);
+                    self.channels
+                        .release(&self.keys.room_channel(tenant, room), linger);
+                    touched.insert(keys::index_room(tenant, room));
+                    let keys = vec![
+                        self.keys.room_hosts(tenant, room),
+                        self.keys.room_members(tenant, room),
+                    ];
+                    let args = vec![
+                        node.clone().into(),
+                        user.to_string().into(),
+                        now.to_string().into(),
+                        if emptied { "1" } else { "0" }.into(),
+                    ];
+                    (&scripts::LEAVE, keys, args)
+                }
+            };
+            if matches!(change, Change::Register { .. }) {
+                args.extend(dead.iter().cloned());
+            }
+            scripted.push((change, script, keys, args));
+        }
+        let pipe = self.publisher.pipeline();
+        let mut prefix = 0;
+        if !created.is_empty() {
+            let _: Result<(), _> = pipe.sadd(self.keys.node_index(&node), created).await;
+            prefix += 1;
+        }
+        if !new_rooms.is_empty() {
+            let _: Result<(), _> = pipe
+                .zadd(
+                    self.keys.rooms(),
+                    None,
+                    Some(Ordering::GreaterThan),
+                    false,
+                    false,
+                    new_rooms,
+                )
+                .await;
+            prefix += 1;
+        }
+        for (_, script, keys, args) in &scripted {
+            scripts::queue(&pipe, script, keys.clone(), args.clone()).await;
+        }
+        let mut results = pipe.try_all::<Value>().await.into_iter().skip(prefix);
+
+        // 3. Replies; roll back what Redis refused.
+        let mut emptied_rooms = Vec::new();
+        for (change, ..) in scripted {
+            let result = results.next();
+            if let Some(Err(e)) = &result
+                && e.details().starts_with("NOSCRIPT")
+            {
+                // Redis lost its script cache (restart, SCRIPT FLUSH): a
+                // resync reloads the scripts. The script did not run.
+                self.health.set_synced(false);
+            }
+            self.settle(change, result, &mut emptied_rooms);
+        }
+
+        // 4. Index entries no longer backed by our view; rooms nobody hosts.
+        let stale: Vec<String> = touched.into_iter().filter(|e| !self.in_view(e)).collect();
+        if stale.is_empty() && emptied_rooms.is_empty() {
+            return;
+        }
+        let pipe = self.publisher.pipeline();
+        if !stale.is_empty() {
+            let _: Result<(), _> = pipe.srem(self.keys.node_index(&node), stale).await;
+        }
+        if !emptied_rooms.is_empty() {
+            let _: Result<(), _> = pipe.zrem(self.keys.rooms(), emptied_rooms).await;
+        }
+        for r in pipe.try_all::<Value>().await {
+            if let Err(e) = r {
+                debug!(error = %e, "registry index cleanup failed; the next resync rewrites it");
+            }
+        }
+    }
+
+    /// Replies to one change with its script's result, rolling it back on failure.
+    fn settle(
+        &mut self,
+        change: Change,
+        result: Option<Result<Value, fred::error::Error>>,
+        emptied_rooms: &mut Vec<String>,
+    ) {
+        let linger = self.config.channel_linger;
+        match change {
+            Change::Register {
+                tenant,
+                user,
+                limits,
+                reply,
+            } => {
+                let outcome = match &result {
+                    Some(Ok(v)) => match v.as_i64() {
+                        Some(0) => Ok(()),
+                        Some(1) => Err(AdmitError::Limit(LimitExceeded::PerUser(limits.per_user))),
+                        Some(2) => Err(AdmitError::Limit(LimitExceeded::PerTenant(
+                            limits.per_tenant,
+                        ))),
+                        _ => Err(AdmitError::Unavailable(BusError(
+                            "unexpected admit reply".into(),
+                        ))),
+                    },
+                    _ => Err(AdmitError::Unavailable(redis_error(result))),
+                };
+                if outcome.is_err() {
+                    self.registered.remove_conn(&tenant, &user);
+                    self.channels
+                        .release(&self.keys.tenant_channel(&tenant), linger);
+                }
+                let _ = reply.send(outcome);
+            }
+            Change::Unregister { .. } => {
+                if let Some(Err(e)) = result {
+                    debug!(error = %e, "unregister not recorded; the resync after the outage corrects it");
+                }
+            }
+            Change::Join {
+                tenant,
+                room,
+                user,
+                reply,
+            } => match result {
+                Some(Ok(v)) => drop(reply.send(Ok(pair(&v).0 == 1))),
+                other => {
+                    self.registered.remove_member(&tenant, &room, &user);
+                    self.channels
+                        .release(&self.keys.room_channel(&tenant, &room), linger);
+                    let _ = reply.send(Err(redis_error(other)));
+                }
+            },
+            Change::Leave {
+                tenant,
+                room,
+                reply,
+                ..
+            } => match result {
+                Some(Ok(v)) => {
+                    let (left, hosts) = pair(&v);
+                    if hosts == 0 {
+                        emptied_rooms.push(keys::room_id(&tenant, &room));
+                    }
+                    let _ = reply.send(Ok(left == 1));
+                }
+                other => drop(reply.send(Err(redis_error(other)))),
+            },
+        }
+    }
+
+    /// Whether an index entry is still backed by this node's view.
+    fn in_view(&self, entry: &str) -> bool {
+        match keys::parse_index(entry) {
+            Some(IndexEntry::Room(t, r)) => self.registered.rooms.contains_key(&(t, r)),
+            Some(IndexEntry::User(t, u)) => self.registered.users.contains_key(&(t, u)),
+            Some(IndexEntry::Tenant(t)) => self.registered.tenants.contains_key(&t),
+            None => true,
+        }
+    }
+}
