@@ -353,3 +353,154 @@ impl Actor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Batches against a real redis-server (installed by
+    //! `scripts/install-test-deps.sh`), started on a free loopback port.
+
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use fred::clients::{Client, SubscriberClient};
+    use fred::interfaces::{ClientLike, SortedSetsInterface};
+    use fred::types::config::Config as FredConfig;
+
+    use super::*;
+    use crate::cluster::redis::keys::Keyspace;
+    use crate::cluster::redis::{Health, NodeLiveness};
+    use crate::config::RedisConfig;
+
+    struct Redis(Child);
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    async fn redis() -> (Redis, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is needed: run scripts/install-test-deps.sh (apt-get install redis-server)");
+        let url = format!("redis://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (Redis(child), url)
+    }
+
+    async fn actor(url: &str) -> Actor {
+        let config = RedisConfig {
+            url: url.into(),
+            ..RedisConfig::default()
+        };
+        let fred = FredConfig::from_url(url).unwrap();
+        let publisher = Client::new(fred.clone(), None, None, None);
+        let subscriber = SubscriberClient::new(fred, None, None, None);
+        publisher.init().await.unwrap();
+        subscriber.init().await.unwrap();
+        let health = Arc::new(Health::new(config.entry_ttl()));
+        health
+            .connected
+            .store(true, std::sync::atomic::Ordering::Release);
+        let mut actor = Actor {
+            keys: Keyspace::new("t", "node-a"),
+            config,
+            publisher,
+            subscriber,
+            health,
+            liveness: Arc::new(NodeLiveness::default()),
+            channels: Default::default(),
+            registered: Default::default(),
+            started_ms: 0,
+            addr: "127.0.0.1:0".into(),
+        };
+        actor.resync().await.unwrap();
+        actor
+    }
+
+    fn n(s: &str) -> Name {
+        Name::new("t", s).unwrap()
+    }
+
+    fn join(user: &str) -> (Change, oneshot::Receiver<Result<bool, BusError>>) {
+        let (reply, rx) = oneshot::channel();
+        (
+            Change::Join {
+                tenant: n("acme"),
+                room: n("lobby"),
+                user: n(user),
+                reply,
+            },
+            rx,
+        )
+    }
+
+    fn leave(user: &str) -> (Change, oneshot::Receiver<Result<bool, BusError>>) {
+        let (reply, rx) = oneshot::channel();
+        (
+            Change::Leave {
+                tenant: n("acme"),
+                room: n("lobby"),
+                user: n(user),
+                reply,
+            },
+            rx,
+        )
+    }
+
+    async fn is_host(actor: &Actor) -> bool {
+        let score: Option<f64> = actor
+            .publisher
+            .zscore(actor.keys.room_hosts(&n("acme"), &n("lobby")), "node-a")
+            .await
+            .unwrap();
+        score.is_some()
+    }
+
+    #[tokio::test]
+    async fn a_join_batched_with_the_last_leave_keeps_the_node_a_host() {
+        let (_redis, url) = redis().await;
+        let mut actor = actor(&url).await;
+        let (first, rx) = join("u1");
+        actor.flush(vec![first]).await;
+        assert!(rx.await.unwrap().unwrap());
+        assert!(is_host(&actor).await);
+
+        // u3 joins and u1 leaves in the same batch: the room is not empty here.
+        let ((j, jrx), (l, lrx)) = (join("u3"), leave("u1"));
+        actor.flush(vec![j, l]).await;
+        jrx.await.unwrap().unwrap();
+        lrx.await.unwrap().unwrap();
+        assert!(
+            is_host(&actor).await,
+            "the node must stay a host of a room it has a member in"
+        );
+
+        // Two leaves in one batch: the last one empties the room here.
+        let ((j, jrx), ..) = (join("u4"), ());
+        actor.flush(vec![j]).await;
+        jrx.await.unwrap().unwrap();
+        let ((l3, r3), (l4, r4)) = (leave("u3"), leave("u4"));
+        actor.flush(vec![l3, l4]).await;
+        r3.await.unwrap().unwrap();
+        r4.await.unwrap().unwrap();
+        assert!(
+            !is_host(&actor).await,
+            "a node without members must not stay a host"
+        );
+    }
+}
