@@ -1,0 +1,400 @@
+//! Smoke runs of every scenario at tiny sizes against real nodes: they
+//! prove the generator itself works — connects, publishes, accounts and
+//! reports — and that a healthy node loses, duplicates and reorders
+//! nothing. Seconds each, loopback only, bounded by `--duration`.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Floor, Node, Redis, loadtest};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_holds_connections_through_pings_and_measures_the_node() {
+    // Pings every second and a 3 s idle timeout: a generator that did not
+    // answer pings would lose every connection during the 3.5 s hold.
+    let node = Node::spawn(|c| {
+        c.session.ping_interval = Duration::from_secs(1);
+        c.session.idle_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let pid = std::process::id().to_string();
+    let run = loadtest(&[
+        "idle",
+        "--node",
+        &node.ws(),
+        "--connections",
+        "40",
+        "--rooms",
+        "4",
+        "--settle",
+        "200ms",
+        "--hold",
+        "3500ms",
+        "--node-pid",
+        &pid,
+        "--codec",
+        "mixed",
+        "--auth",
+        "frame",
+        "--ping-every",
+        "700ms",
+        "--duration",
+        "30s",
+    ])
+    .await;
+    let r = run.assert_clean();
+    assert_eq!(r["scenario"], "idle");
+    assert_eq!(r["connections"]["connected"], 40);
+    let server = &r["server"];
+    assert_eq!(server["connections"], 40, "{r}");
+    assert!(server["rss_after_kib"].as_u64().unwrap() > 0, "{r}");
+    assert!(server["hold_secs"].as_f64().unwrap() >= 3.0, "{r}");
+    assert!(server["cpu_percent"].as_f64().unwrap() >= 0.0, "{r}");
+    assert!(run.stderr.contains("idle — complete"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_delivers_everything_once_in_order() {
+    let node = Node::spawn(|_| {}).await;
+    let run = loadtest(&[
+        "fanout",
+        "--node",
+        &node.ws(),
+        "--subscribers",
+        "20",
+        "--publishes",
+        "100",
+        "--rate",
+        "200",
+        "--publishers",
+        "2",
+        "--payload-bytes",
+        "64",
+        "--duration",
+        "30s",
+    ])
+    .await;
+    let r = run.assert_clean();
+    assert_eq!(r["delivery"]["expected"], 2000, "{r}");
+    assert!(r["histogram"].as_str().unwrap().len() > 10, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_over_msgpack_and_two_bind_addresses() {
+    let node = Node::spawn(|_| {}).await;
+    let run = loadtest(&[
+        "fanout",
+        "--node",
+        &node.ws(),
+        "--bind",
+        "127.0.0.1-2",
+        "--codec",
+        "msgpack",
+        "--subscribers",
+        "10",
+        "--publishes",
+        "50",
+        "--rate",
+        "100",
+        "--duration",
+        "30s",
+    ])
+    .await;
+    let r = run.assert_clean();
+    assert_eq!(r["codec"], "msgpack");
+    assert_eq!(r["delivery"]["expected"], 500, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_ramp_steps_up_and_reports_each_step() {
+    let node = Node::spawn(|_| {}).await;
+    let run = loadtest(&[
+        "fanout",
+        "--node",
+        &node.ws(),
+        "--subscribers",
+        "5",
+        "--ramp",
+        "--rate",
+        "20",
+        "--ramp-factor",
+        "2",
+        "--max-rate",
+        "80",
+        "--step",
+        "500ms",
+        "--p99-bound-ms",
+        "2000",
+        "--drain",
+        "2s",
+        "--duration",
+        "40s",
+    ])
+    .await;
+    let r = run.assert_clean();
+    let ramp = &r["ramp"];
+    let steps = ramp["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "20, 40, 80/s: {r}");
+    for s in steps {
+        assert_eq!(s["pass"], true, "{r}");
+        assert_eq!(s["loss"], 0, "{r}");
+        assert!(s["latency_ms"]["count"].as_u64().unwrap() > 0, "{r}");
+    }
+    assert_eq!(ramp["best_rate"], 80.0, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_route_each_publish_to_its_room_only() {
+    let node = Node::spawn(|_| {}).await;
+    let run = loadtest(&[
+        "rooms",
+        "--node",
+        &node.ws(),
+        "--connections",
+        "24",
+        "--room-size",
+        "4",
+        "--publishes",
+        "60",
+        "--rate",
+        "200",
+        "--publishers",
+        "2",
+        "--duration",
+        "30s",
+    ])
+    .await;
+    let r = run.assert_clean();
+    // Six rooms of four: each publish owes exactly four deliveries.
+    assert_eq!(r["delivery"]["expected"], 240, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_reach_every_connection_of_the_user() {
+    let node = Node::spawn(|_| {}).await;
+    let run = loadtest(&[
+        "users",
+        "--node",
+        &node.ws(),
+        "--users",
+        "8",
+        "--conns-per-user",
+        "3",
+        "--publishes",
+        "40",
+        "--rate",
+        "200",
+        "--duration",
+        "30s",
+    ])
+    .await;
+    let r = run.assert_clean();
+    assert_eq!(r["delivery"]["expected"], 120, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_spread_over_a_two_node_cluster() {
+    let redis = Redis::start().await;
+    let a = Node::spawn_clustered(&redis.url(), "lt-a").await;
+    let b = Node::spawn_clustered(&redis.url(), "lt-b").await;
+    for _ in 0..100 {
+        if a.cluster_nodes().await == 2 && b.cluster_nodes().await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run = loadtest(&[
+        "users",
+        "--node",
+        &a.ws(),
+        "--node",
+        &b.ws(),
+        "--users",
+        "6",
+        "--conns-per-user",
+        "2",
+        "--publishes",
+        "30",
+        "--rate",
+        "100",
+        "--duration",
+        "30s",
+    ])
+    .await;
+    let r = run.assert_clean();
+    assert_eq!(r["nodes"].as_array().unwrap().len(), 2);
+    assert_eq!(r["delivery"]["expected"], 60, "{r}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_keeps_the_stable_subscribers_whole() {
+    let node = Node::spawn(|_| {}).await;
+    let run = loadtest(&[
+        "churn",
+        "--node",
+        &node.ws(),
+        "--subscribers",
+        "10",
+        "--publishes",
+        "100",
+        "--rate",
+        "100",
+        "--churn-rate",
+        "20",
+        "--churn-hold",
+        "200ms",
+        "--duration",
+        "30s",
+    ])
+    .await;
+    let r = run.assert_clean();
+    let churn = &r["churn"];
+    assert!(churn["opened"].as_u64().unwrap() >= 10, "{r}");
+    assert_eq!(churn["failed"], 0, "{r}");
+    assert_eq!(churn["dropped"], 0, "{r}");
+    assert_eq!(churn["opened"], churn["closed"], "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_runs_unchanged_against_the_floor() {
+    let floor = Floor::start().await;
+    let run = loadtest(&[
+        "fanout",
+        "--node",
+        &floor.ws(),
+        "--codec",
+        "mixed",
+        "--subscribers",
+        "20",
+        "--publishes",
+        "100",
+        "--rate",
+        "200",
+        "--duration",
+        "30s",
+    ])
+    .await;
+    let r = run.assert_clean();
+    assert_eq!(r["delivery"]["expected"], 2000, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_merge_into_one_exact_result() {
+    let node = Node::spawn(|_| {}).await;
+    let run = loadtest(&[
+        "fanout",
+        "--node",
+        &node.ws(),
+        "--procs",
+        "2",
+        "--bind",
+        "127.0.0.1-4",
+        "--subscribers",
+        "21",
+        "--publishes",
+        "61",
+        "--rate",
+        "200",
+        "--duration",
+        "30s",
+    ])
+    .await;
+    let r = run.assert_clean();
+    assert_eq!(r["procs"], 2);
+    assert_eq!(r["connections"]["connected"], 21, "{r}");
+    assert_eq!(r["publish"]["accepted"], 61, "{r}");
+    // Both processes' subscribers owe both processes' publishes.
+    assert_eq!(r["delivery"]["expected"], 21 * 61, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_split_rooms_whole() {
+    let node = Node::spawn(|_| {}).await;
+    let run = loadtest(&[
+        "rooms",
+        "--node",
+        &node.ws(),
+        "--procs",
+        "2",
+        "--connections",
+        "18",
+        "--room-size",
+        "3",
+        "--publishes",
+        "40",
+        "--rate",
+        "200",
+        "--duration",
+        "30s",
+    ])
+    .await;
+    let r = run.assert_clean();
+    assert_eq!(r["delivery"]["expected"], 120, "{r}");
+}
+
+#[tokio::test]
+async fn targets_and_sources_off_loopback_are_refused_before_any_traffic() {
+    for args in [
+        &["idle", "--node", "ws://10.0.0.1:8080"][..],
+        &["fanout", "--node", "ws://192.168.1.1:8080/ws"][..],
+        &["rooms", "--node", "ws://example.com:8080"][..],
+        &["users", "--bind", "10.0.0.2"][..],
+    ] {
+        let run = loadtest(args).await;
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains("loopback"), "{args:?}: {}", run.stderr);
+        assert!(run.result.is_null(), "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_share_over_the_file_limit_names_the_procs_needed() {
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    if hard > 10_000_000 {
+        return; // effectively unlimited here; nothing to refuse
+    }
+    let too_many = (hard + 1000).to_string();
+    let run = loadtest(&["idle", "--connections", &too_many]).await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("--procs"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duration_caps_a_run_that_asks_for_too_much() {
+    let node = Node::spawn(|_| {}).await;
+    let started = std::time::Instant::now();
+    let run = loadtest(&[
+        "fanout",
+        "--node",
+        &node.ws(),
+        "--subscribers",
+        "5",
+        "--publishes",
+        "100000",
+        "--rate",
+        "50",
+        "--duration",
+        "3s",
+        "--drain",
+        "1s",
+    ])
+    .await;
+    let took = started.elapsed();
+    let r = &run.result;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_eq!(r["complete"], false, "{r}");
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    // What was accepted before the cap still arrived, and is all that is owed.
+    let d = &r["delivery"];
+    assert!(d["expected"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(d["loss"], 0, "{r}");
+    assert!(
+        r["errors"][0].as_str().unwrap().contains("--duration"),
+        "{r}"
+    );
+}
