@@ -1,6 +1,6 @@
 //! `fanout-floor`: the least a broadcast server must do, to measure fanout against.
 //!
-//! Plain tokio-tungstenite with the node's buffer settings (4 KiB read,
+//! Plain tokio-tungstenite with the node's buffer settings (1 KiB read,
 //! 16 KiB write), no auth, no routing, no limits beyond a bounded queue per
 //! socket: `GET /ws` upgrades and sends `welcome`; a `subscribe` frame puts
 //! the socket in the one room (answered with `ack`); `POST /v1/publish`

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use super::{Floor, Member, QUEUE_FRAMES, to_message};
 
 /// The node's read buffer (crates/gateway/src/http/ws.rs).
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+const READ_BUFFER_BYTES: usize = 1024;
 /// The node's write buffer.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// The node's default frame limit.

@@ -28,9 +28,15 @@ use super::extract::bearer;
 use crate::node::Node;
 use crate::session::{self, Upgrade};
 
-/// Read buffer per socket, allocated up front by tungstenite. Client frames
-/// are small (subscribe, publish); a larger frame simply takes several reads.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Read buffer per socket, allocated up front by tungstenite and held for the
+/// life of the connection, so it is most of an idle connection's memory
+/// (tungstenite's default, 128 KiB, would cost 12.5 GiB per 100k sockets).
+/// It bounds how much one `read` call takes, not the frame size: client
+/// frames are small (auth, subscribe, ping), and a larger one grows the
+/// buffer to its length and arrives in several reads. 1 KiB holds an auth
+/// frame with a typical JWT in one read; see docs/benchmarks.md for the
+/// memory measured per connection.
+const READ_BUFFER_BYTES: usize = 1024;
 /// Bytes tungstenite gathers before writing to the socket; `flush` always writes.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
