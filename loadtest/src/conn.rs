@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use fanout_protocol::Codec;
 use futures_util::{SinkExt, StreamExt};
+use nix::sys::socket::setsockopt;
+use nix::sys::socket::sockopt::IpBindAddressNoPort;
 use serde_json::json;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -131,6 +133,13 @@ async fn tcp_connect(bind: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream>
     } else {
         TcpSocket::new_v6()?
     };
+    if bind.is_ipv4() {
+        // Without this, `bind` to port 0 reserves an ephemeral port by
+        // scanning the ports in use: O(sockets) per connect, which made
+        // opening 10k connections cost the generator tens of CPU-seconds in
+        // the kernel. With it the port is chosen at `connect`, by 4-tuple.
+        setsockopt(&socket, IpBindAddressNoPort, &true).map_err(std::io::Error::from)?;
+    }
     socket.bind(SocketAddr::new(bind, 0))?;
     let stream = socket.connect(to).await?;
     stream.set_nodelay(true)?;
@@ -234,14 +243,23 @@ impl Conn {
         let every = ctx.ping_every.unwrap_or(far);
         let mut next_ping = Instant::now() + every;
         let mut ping_id: i64 = 1 << 32;
+        // Both futures live across iterations: recreating them per frame
+        // would register and deregister a waiter on the stop token (one
+        // mutex shared by every connection) and a timer for every message,
+        // which at 10k connections made the generator, not the server, the
+        // bottleneck.
+        let stopped = ctx.stop.cancelled();
+        let ping = tokio::time::sleep_until(next_ping);
+        tokio::pin!(stopped, ping);
         loop {
             tokio::select! {
-                _ = ctx.stop.cancelled() => {
+                () = &mut stopped => {
                     let _ = tokio::time::timeout(CLOSE_WAIT, self.ws.close(None)).await;
                     return ConnEnd::Stopped;
                 }
-                _ = tokio::time::sleep_until(next_ping) => {
+                () = &mut ping => {
                     next_ping += every;
+                    ping.as_mut().reset(next_ping);
                     ping_id += 1;
                     let frame = json!({"type": "ping", "id": ping_id});
                     if self.send(&frame).await.is_err() {

@@ -1,0 +1,324 @@
+#!/usr/bin/env bash
+# The standard benchmark matrix, in one command.
+#
+#   loadtest/run.sh                 # full matrix, 3 repeats (~30 min on 2 cores)
+#   loadtest/run.sh --repeat 1      # one repeat
+#   loadtest/run.sh --only idle,fanout --repeat 1
+#   loadtest/run.sh --quick         # tiny sizes, checks the script itself (~2 min)
+#
+# It builds the release binaries, starts every node, floor and Redis it needs
+# on loopback (free ports, a temporary directory), runs the scenarios, stops
+# exactly the processes it started (by pid, also on Ctrl-C or error), appends
+# one JSON line per run to loadtest/results/<date>.jsonl and regenerates the
+# results table and plots in docs/ from that file (loadtest/report.py).
+# A --quick run writes loadtest/results/<date>-quick.jsonl and leaves docs/
+# alone.
+#
+# Groups (for --only): idle, fanout (floor vs fanout, one node), rooms, users,
+# churn, cluster (3 nodes + Redis, and the direct_max_nodes comparison),
+# big (100k connections over 6 nodes + Redis).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+
+REPEAT=3
+ONLY=""
+QUICK=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --repeat) REPEAT="$2"; shift 2 ;;
+    --only) ONLY="$2"; shift 2 ;;
+    --quick) QUICK=1; REPEAT=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+for bin in redis-server redis-cli curl python3 awk; do
+  command -v "$bin" >/dev/null || {
+    echo "run.sh needs $bin (apt-get install redis-server curl python3)" >&2
+    exit 1
+  }
+done
+
+echo "building release binaries..." >&2
+cargo build --release -q -p fanout-gateway -p fanout-loadtest
+BIN="$ROOT/target/release"
+LOADTEST="$BIN/fanout-loadtest"
+
+DATE="$(date -u +%F)"
+mkdir -p loadtest/results
+if [ "$QUICK" = 1 ]; then
+  OUT="loadtest/results/$DATE-quick.jsonl"
+else
+  OUT="loadtest/results/$DATE.jsonl"
+fi
+: >"$OUT"
+WORK="$(mktemp -d /tmp/fanout-bench.XXXXXX)"
+MACHINE="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+
+# Every process this script starts, by pid; stopped on exit whatever happens.
+STARTED=()
+stop_pids() {
+  local pid
+  for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "$@"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+}
+cleanup() {
+  [ ${#STARTED[@]} -gt 0 ] && stop_pids "${STARTED[@]}"
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wants() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+cpu_ticks() { # utime+stime of the given pids, in clock ticks
+  local total=0 pid
+  for pid in "$@"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+TICKS="$(getconf CLK_TCK)"
+
+REDIS_PID="" REDIS_URL=""
+start_redis() {
+  local port; port="$(free_port)"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    --maxclients 10000 >"$WORK/redis-$port.log" 2>&1 &
+  REDIS_PID=$!
+  STARTED+=("$REDIS_PID")
+  for _ in $(seq 100); do
+    redis-cli -p "$port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  redis-cli -p "$port" ping >/dev/null || { echo "redis did not start" >&2; exit 1; }
+  REDIS_URL="redis://127.0.0.1:$port"
+}
+
+NODE_PIDS=() NODE_URLS=()
+# start_node [redis_url] [extra toml]: a release node with the development
+# secret and API key (what the generator uses by default).
+start_node() {
+  local redis="${1:-}" extra="${2:-}" port dir
+  port="$(free_port)"
+  dir="$WORK/node-$port"
+  mkdir -p "$dir"
+  {
+    echo "node_id = \"bench-$port\""
+    echo "listen = \"127.0.0.1:$port\""
+    echo "[log]"
+    echo "level = \"warn\""
+    echo "[auth]"
+    echo "secret = \"fanout-dev-secret-DO-NOT-USE-IN-PRODUCTION\""
+    echo "[[api_keys]]"
+    echo "key = \"fanout-dev-api-key\""
+    echo "[limits]"
+    echo "max_connections_per_user = 0"
+    if [ -n "$redis" ]; then
+      echo "[redis]"
+      echo "url = \"$redis\""
+    fi
+    printf '%b\n' "$extra"
+  } >"$dir/fanout.toml"
+  "$BIN/fanout" --config "$dir/fanout.toml" >"$dir/node.log" 2>&1 &
+  local pid=$!
+  STARTED+=("$pid")
+  NODE_PIDS+=("$pid")
+  NODE_URLS+=("ws://127.0.0.1:$port")
+  for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "node on port $port did not become ready:" >&2
+  tail -20 "$dir/node.log" >&2
+  exit 1
+}
+
+FLOOR_PID="" FLOOR_URL=""
+start_floor() {
+  local port; port="$(free_port)"
+  "$BIN/fanout-floor" --listen "127.0.0.1:$port" >"$WORK/floor.log" 2>&1 &
+  FLOOR_PID=$!
+  STARTED+=("$FLOOR_PID")
+  FLOOR_URL="ws://127.0.0.1:$port"
+  for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "floor did not start" >&2
+  exit 1
+}
+
+stop_servers() {
+  local pids=("${NODE_PIDS[@]}")
+  [ -n "$FLOOR_PID" ] && pids+=("$FLOOR_PID")
+  [ -n "$REDIS_PID" ] && pids+=("$REDIS_PID")
+  [ ${#pids[@]} -gt 0 ] && stop_pids "${pids[@]}"
+  local keep=() pid p gone
+  for pid in "${STARTED[@]}"; do
+    gone=0
+    for p in "${pids[@]}"; do [ "$p" = "$pid" ] && gone=1; done
+    [ "$gone" = 0 ] && keep+=("$pid")
+  done
+  STARTED=("${keep[@]}")
+  NODE_PIDS=() NODE_URLS=() FLOOR_PID="" REDIS_PID="" REDIS_URL=""
+}
+
+node_args() { local u; for u in "${NODE_URLS[@]}"; do printf -- '--node %s ' "$u"; done; }
+pid_args() { local p; for p in "${NODE_PIDS[@]}"; do printf -- '--node-pid %s ' "$p"; done; }
+
+# run LABEL REPEAT SERVER_DESC -- loadtest args...: runs one scenario and
+# appends {label, repeat, ..., cpu, result} to $OUT.
+run() {
+  local label="$1" rep="$2" servers="$3"; shift 4
+  local server_pids=("${NODE_PIDS[@]}")
+  [ -n "$FLOOR_PID" ] && server_pids+=("$FLOOR_PID")
+  local before redis_before after redis_after start end
+  before="$(cpu_ticks "${server_pids[@]}")"
+  redis_before="$(cpu_ticks ${REDIS_PID:+"$REDIS_PID"})"
+  start="$(date +%s.%N)"
+  echo "== $label (repeat $rep): fanout-loadtest $*" >&2
+  local result
+  if ! result="$("$LOADTEST" "$@" 2>"$WORK/last.err")"; then
+    tail -5 "$WORK/last.err" >&2
+  fi
+  tail -6 "$WORK/last.err" | sed 's/^/   /' >&2
+  end="$(date +%s.%N)"
+  after="$(cpu_ticks "${server_pids[@]}")"
+  redis_after="$(cpu_ticks ${REDIS_PID:+"$REDIS_PID"})"
+  [ -n "$result" ] || result='{"complete":false,"errors":["no result line"]}'
+  LABEL="$label" REP="$rep" SERVERS="$servers" CMD="fanout-loadtest $*" \
+    WALL="$(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.2f", b - a}')" \
+    SERVER_CPU="$(awk -v a="$before" -v b="$after" -v t="$TICKS" 'BEGIN {printf "%.2f", (b - a) / t}')" \
+    REDIS_CPU="$(awk -v a="$redis_before" -v b="$redis_after" -v t="$TICKS" 'BEGIN {printf "%.2f", (b - a) / t}')" \
+    RESULT="$result" DATE="$DATE" MACHINE="$MACHINE" COMMIT="$COMMIT" \
+    python3 -c '
+import json, os
+e = os.environ
+print(json.dumps({
+    "label": e["LABEL"], "repeat": int(e["REP"]), "date": e["DATE"],
+    "machine": e["MACHINE"], "commit": e["COMMIT"], "servers": e["SERVERS"],
+    "command": e["CMD"], "wall_secs": float(e["WALL"]),
+    "server_cpu_secs": float(e["SERVER_CPU"]), "redis_cpu_secs": float(e["REDIS_CPU"]),
+    "result": json.loads(e["RESULT"]),
+}))' >>"$OUT"
+}
+
+# Sizes: the real matrix, or tiny ones that only check the script works.
+if [ "$QUICK" = 1 ]; then
+  IDLE_SIZES="200 400"; IDLE_HOLD=2s; FAN_SUBS=300; FAN_SAT_RATE=20; ROOMS_CONNS=400
+  CLUSTER_SUBS=300; USERS=100; CHURN_SUBS=100; BIG_CONNS=1200; BIG_PUBLISHES=3
+else
+  IDLE_SIZES="2000 6000 12000 18000"; IDLE_HOLD=30s; FAN_SUBS=10000; FAN_SAT_RATE=50
+  ROOMS_CONNS=10000; CLUSTER_SUBS=10000; USERS=2000; CHURN_SUBS=2000
+  BIG_CONNS=100000; BIG_PUBLISHES=20
+fi
+
+for rep in $(seq "$REPEAT"); do
+  if wants idle; then
+    for c in $IDLE_SIZES; do
+      start_node
+      hold=5s
+      [ "$c" = "${IDLE_SIZES##* }" ] && hold="$IDLE_HOLD"
+      run "idle-$c" "$rep" "1 node" -- idle --connections "$c" --rooms 100 \
+        --bind 127.0.0.1-2 --connect-rate 4000 --hold "$hold" --duration 120s \
+        $(node_args) $(pid_args)
+      stop_servers
+    done
+  fi
+
+  if wants fanout; then
+    # The floor and fanout, same scenario, same run: their ratio is the figure.
+    start_floor
+    run "floor-ramp" "$rep" "floor" -- fanout --node "$FLOOR_URL" --subscribers "$FAN_SUBS" \
+      --ramp --rate 10 --ramp-factor 1.25 --p99-bound-ms 250 --step 5s --duration 150s
+    run "floor-saturate" "$rep" "floor" -- fanout --node "$FLOOR_URL" --subscribers "$FAN_SUBS" \
+      --rate "$FAN_SAT_RATE" --publishes $((FAN_SAT_RATE * 10)) --duration 90s --drain 10s
+    stop_servers
+    start_node
+    run "fanout-ramp" "$rep" "1 node" -- fanout $(node_args) --subscribers "$FAN_SUBS" \
+      --ramp --rate 10 --ramp-factor 1.25 --p99-bound-ms 250 --step 5s --duration 150s
+    run "fanout-saturate" "$rep" "1 node" -- fanout $(node_args) --subscribers "$FAN_SUBS" \
+      --rate "$FAN_SAT_RATE" --publishes $((FAN_SAT_RATE * 10)) --duration 90s --drain 10s
+    run "fanout-msgpack-saturate" "$rep" "1 node" -- fanout $(node_args) --codec msgpack \
+      --subscribers "$FAN_SUBS" --rate "$FAN_SAT_RATE" --publishes $((FAN_SAT_RATE * 10)) \
+      --duration 90s --drain 10s
+    stop_servers
+  fi
+
+  if wants rooms; then
+    start_node
+    run "rooms-1node" "$rep" "1 node" -- rooms $(node_args) --connections "$ROOMS_CONNS" \
+      --room-size 4 --rate 1000 --publishes 10000 --publishers 8 --duration 90s
+    stop_servers
+  fi
+
+  if wants churn; then
+    start_node
+    run "churn-1node" "$rep" "1 node" -- churn $(node_args) --subscribers "$CHURN_SUBS" \
+      --churn-rate 200 --churn-hold 1s --rate 50 --publishes 1000 --duration 90s
+    stop_servers
+  fi
+
+  if wants users; then
+    start_redis
+    for _ in 1 2 3; do start_node "$REDIS_URL"; done
+    run "users-3nodes" "$rep" "3 nodes + Redis" -- users $(node_args) --users "$USERS" \
+      --conns-per-user 3 --rate 500 --publishes 5000 --publishers 8 --duration 90s
+    stop_servers
+  fi
+
+  if wants cluster; then
+    # The target run: 10k subscribers over 3 nodes, 20 publishes/s.
+    start_redis
+    for _ in 1 2 3; do start_node "$REDIS_URL"; done
+    run "cluster-fanout" "$rep" "3 nodes + Redis" -- fanout $(node_args) \
+      --subscribers "$CLUSTER_SUBS" --rate 20 --publishes 400 --duration 90s
+    stop_servers
+    # The hybrid-routing threshold K (redis.direct_max_nodes): 1 sends every
+    # room held by more than one node through its room channel; 4 (the
+    # default) sends rooms on up to 4 nodes straight to those nodes' inboxes,
+    # which with 3 nodes is every room.
+    for k in 1 4; do
+      start_redis
+      for _ in 1 2 3; do start_node "$REDIS_URL" "direct_max_nodes = $k"; done
+      run "cluster-rooms-k$k" "$rep" "3 nodes + Redis, direct_max_nodes=$k" -- rooms $(node_args) \
+        --connections "$ROOMS_CONNS" --room-size 4 --rate 1000 --publishes 10000 --publishers 8 \
+        --duration 90s
+      run "cluster-fanout-k$k" "$rep" "3 nodes + Redis, direct_max_nodes=$k" -- fanout $(node_args) \
+        --subscribers "$CLUSTER_SUBS" --rate 20 --publishes 200 --duration 90s
+      stop_servers
+    done
+  fi
+
+  if wants big; then
+    # 100k connections: 6 nodes (a node holds at most ~19,900 sockets under
+    # the 20,000 open-file limit) and 6 generator processes, 12 source addresses.
+    start_redis
+    for _ in 1 2 3 4 5 6; do start_node "$REDIS_URL"; done
+    run "big-100k" "$rep" "6 nodes + Redis" -- fanout $(node_args) --subscribers "$BIG_CONNS" \
+      --procs 6 --bind 127.0.0.1-12 --connect-rate 1500 --connect-timeout 30s \
+      --rate 0.5 --publishes "$BIG_PUBLISHES" --publishers 1 --duration 240s --drain 15s
+    run "big-100k-idle" "$rep" "6 nodes + Redis" -- idle $(node_args) $(pid_args) \
+      --connections "$BIG_CONNS" --procs 6 --bind 127.0.0.1-12 --connect-rate 1500 \
+      --connect-timeout 30s --hold 30s --duration 240s
+    stop_servers
+  fi
+done
+
+echo "results: $OUT" >&2
+if [ "$QUICK" = 0 ]; then
+  python3 loadtest/report.py "$OUT"
+fi
