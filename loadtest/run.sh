@@ -117,8 +117,6 @@ start_node() {
   {
     echo "node_id = \"bench-$port\""
     echo "listen = \"127.0.0.1:$port\""
-    echo "[log]"
-    echo "level = \"warn\""
     echo "[auth]"
     echo "secret = \"fanout-dev-secret-DO-NOT-USE-IN-PRODUCTION\""
     echo "[[api_keys]]"
