@@ -46,6 +46,8 @@ def fmt(value, digits=1):
 
 
 def load(path):
+    """Records by label; a label re-measured by a later `run.sh --only`
+    keeps only the records of its newest run."""
     runs = defaultdict(list)
     with open(path) as f:
         for line in f:
@@ -53,6 +55,9 @@ def load(path):
             if line:
                 rec = json.loads(line)
                 runs[rec["label"]].append(rec)
+    for label, recs in runs.items():
+        newest = max(r.get("run_id", "") for r in recs)
+        runs[label] = [r for r in recs if r.get("run_id", "") == newest]
     return runs
 
 
@@ -262,11 +267,12 @@ def main():
     if not runs:
         sys.exit(f"{path}: no results")
     first = next(iter(runs.values()))[0]
+    commits = sorted({r["commit"] for recs in runs.values() for r in recs})
     header = [
         BEGIN,
         "",
         f"Generated from `{path.relative_to(ROOT) if path.is_absolute() else path}`: "
-        f"{first['date']}, commit {first['commit']}, {first['machine']}, "
+        f"{first['date']}, commit {', '.join(commits)}, {first['machine']}, "
         f"load generator on the same machine, release builds. Command: `loadtest/run.sh`.",
         "",
     ]

@@ -12,7 +12,8 @@
 # one JSON line per run to loadtest/results/<date>.jsonl and regenerates the
 # results table and plots in docs/ from that file (loadtest/report.py).
 # A --quick run writes loadtest/results/<date>-quick.jsonl and leaves docs/
-# alone.
+# alone. With --only, lines are appended to the day's file and the report
+# takes each label from the newest run that measured it.
 #
 # Groups (for --only): idle, fanout (floor vs fanout, one node), rooms, users,
 # churn, cluster (3 nodes + Redis, and the direct_max_nodes comparison),
@@ -48,13 +49,16 @@ BIN="$ROOT/target/release"
 LOADTEST="$BIN/fanout-loadtest"
 
 DATE="$(date -u +%F)"
+RUN_ID="$(date -u +%FT%TZ)"
 mkdir -p loadtest/results
 if [ "$QUICK" = 1 ]; then
   OUT="loadtest/results/$DATE-quick.jsonl"
 else
   OUT="loadtest/results/$DATE.jsonl"
 fi
-: >"$OUT"
+# A full run starts the day's file afresh; an --only run appends, and the
+# report takes each label from the newest run that measured it.
+[ -z "$ONLY" ] && : >"$OUT"
 WORK="$(mktemp -d /tmp/fanout-bench.XXXXXX)"
 MACHINE="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -65,7 +69,7 @@ stop_pids() {
   local pid
   for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
   for pid in "$@"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
   done
 }
@@ -201,12 +205,12 @@ run() {
     WALL="$(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.2f", b - a}')" \
     SERVER_CPU="$(awk -v a="$before" -v b="$after" -v t="$TICKS" 'BEGIN {printf "%.2f", (b - a) / t}')" \
     REDIS_CPU="$(awk -v a="$redis_before" -v b="$redis_after" -v t="$TICKS" 'BEGIN {printf "%.2f", (b - a) / t}')" \
-    RESULT="$result" DATE="$DATE" MACHINE="$MACHINE" COMMIT="$COMMIT" \
+    RESULT="$result" DATE="$DATE" RUN_ID="$RUN_ID" MACHINE="$MACHINE" COMMIT="$COMMIT" \
     python3 -c '
 import json, os
 e = os.environ
 print(json.dumps({
-    "label": e["LABEL"], "repeat": int(e["REP"]), "date": e["DATE"],
+    "label": e["LABEL"], "repeat": int(e["REP"]), "date": e["DATE"], "run_id": e["RUN_ID"],
     "machine": e["MACHINE"], "commit": e["COMMIT"], "servers": e["SERVERS"],
     "command": e["CMD"], "wall_secs": float(e["WALL"]),
     "server_cpu_secs": float(e["SERVER_CPU"]), "redis_cpu_secs": float(e["REDIS_CPU"]),
@@ -309,6 +313,11 @@ for rep in $(seq "$REPEAT"); do
     run "big-100k" "$rep" "6 nodes + Redis" -- fanout $(node_args) --subscribers "$BIG_CONNS" \
       --procs 6 --bind 127.0.0.1-12 --connect-rate 1500 --connect-timeout 30s \
       --rate 0.5 --publishes "$BIG_PUBLISHES" --publishers 1 --duration 240s --drain 15s
+    # Fresh nodes for the memory figure: a node that served a run keeps
+    # memory its allocator will reuse, so its "before" is no baseline.
+    stop_servers
+    start_redis
+    for _ in 1 2 3 4 5 6; do start_node "$REDIS_URL"; done
     run "big-100k-idle" "$rep" "6 nodes + Redis" -- idle $(node_args) $(pid_args) \
       --connections "$BIG_CONNS" --procs 6 --bind 127.0.0.1-12 --connect-rate 1500 \
       --connect-timeout 30s --hold 30s --duration 240s
