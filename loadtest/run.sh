@@ -17,7 +17,8 @@
 #
 # Groups (for --only): idle, fanout (floor vs fanout, one node), rooms, users,
 # churn, cluster (3 nodes + Redis, and the direct_max_nodes comparison),
-# big (100k connections over 6 nodes + Redis).
+# knee (3 nodes at 20 publishes/s with fewer subscribers), big (100k
+# connections over 6 nodes + Redis).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -222,10 +223,11 @@ print(json.dumps({
 if [ "$QUICK" = 1 ]; then
   IDLE_SIZES="200 400"; IDLE_HOLD=2s; FAN_SUBS=300; FAN_SAT_RATE=20; ROOMS_CONNS=400
   CLUSTER_SUBS=300; USERS=100; CHURN_SUBS=100; BIG_CONNS=1200; BIG_PUBLISHES=3
+  KNEE_SIZES="100 200"
 else
   IDLE_SIZES="2000 6000 12000 18000"; IDLE_HOLD=30s; FAN_SUBS=10000; FAN_SAT_RATE=50
   ROOMS_CONNS=10000; CLUSTER_SUBS=10000; USERS=2000; CHURN_SUBS=2000
-  BIG_CONNS=100000; BIG_PUBLISHES=20
+  BIG_CONNS=100000; BIG_PUBLISHES=20; KNEE_SIZES="1000 2500 5000"
 fi
 
 for rep in $(seq "$REPEAT"); do
@@ -301,6 +303,18 @@ for rep in $(seq "$REPEAT"); do
         --duration 90s
       run "cluster-fanout-k$k" "$rep" "3 nodes + Redis, direct_max_nodes=$k" -- fanout $(node_args) \
         --subscribers "$CLUSTER_SUBS" --rate 20 --publishes 200 --duration 90s
+      stop_servers
+    done
+  fi
+
+  if wants knee; then
+    # Where the cluster target's latency holds on this machine: the same
+    # 3 nodes and 20 publishes/s with fewer subscribers.
+    for subs in $KNEE_SIZES; do
+      start_redis
+      for _ in 1 2 3; do start_node "$REDIS_URL"; done
+      run "cluster-fanout-$subs" "$rep" "3 nodes + Redis" -- fanout $(node_args) \
+        --subscribers "$subs" --rate 20 --publishes 400 --duration 90s
       stop_servers
     done
   fi
