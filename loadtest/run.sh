@@ -126,6 +126,10 @@ start_node() {
     echo "secret = \"fanout-dev-secret-DO-NOT-USE-IN-PRODUCTION\""
     echo "[[api_keys]]"
     echo "key = \"fanout-dev-api-key\""
+    echo "[shutdown]"
+    echo "grace = \"5s\""
+    echo "readiness_delay = \"0s\""
+    echo "drain_window = \"1s\""
     echo "[limits]"
     echo "max_connections_per_user = 0"
     if [ -n "$redis" ]; then

@@ -155,6 +155,21 @@ mod tests {
     }
 
     #[test]
+    fn a_grace_too_short_for_the_drain_is_refused() {
+        let err = Config::from_toml_str(
+            "[shutdown]\ngrace = \"10s\"\nreadiness_delay = \"5s\"\ndrain_window = \"5s\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("shutdown.grace"), "{err}");
+        let ok = Config::from_toml_str(
+            "[shutdown]\ngrace = \"11s\"\nreadiness_delay = \"5s\"\ndrain_window = \"5s\"",
+        )
+        .unwrap();
+        assert_eq!(ok.shutdown.drain_window, std::time::Duration::from_secs(5));
+    }
+
+    #[test]
     fn missing_file_is_an_error() {
         let err = Config::load(Some(Path::new("/nonexistent/fanout.toml")))
             .unwrap_err()

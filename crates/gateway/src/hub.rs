@@ -354,6 +354,11 @@ impl Hub {
         }
     }
 
+    /// Every local connection, at this instant (the drain closes them in batches).
+    pub fn connections(&self) -> Vec<Arc<ConnHandle>> {
+        self.inner.conns.iter().map(|c| c.value().clone()).collect()
+    }
+
     /// Asks every local connection to close (drain).
     pub fn close_all(&self, code: CloseCode, reason: &str) -> usize {
         let mut n = 0;

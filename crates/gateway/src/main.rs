@@ -135,8 +135,11 @@ async fn run(config: Config) -> Result<()> {
     let token = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
-        info!("shutdown signal received");
+        info!("shutdown signal received; draining (a second signal exits at once)");
         token.cancel();
+        wait_for_signal().await;
+        warn!("second shutdown signal: exiting without finishing the drain");
+        std::process::exit(1);
     });
     server.run().await?;
     Ok(())

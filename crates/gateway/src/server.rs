@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fanout_protocol::CloseCode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -203,14 +204,29 @@ impl Server {
     }
 }
 
-/// Readiness false, close every client with 1012, wait for sessions (bounded).
+/// The drain: readiness false at once; after `readiness_delay` the clients
+/// are closed with 1012 in batches over `drain_window`; then the node waits
+/// for its sessions to end. Everything is bounded by `deadline`.
+///
+/// Why batches: every closed client reconnects at once through the load
+/// balancer; closing 20,000 clients in one instant would land 20,000
+/// handshakes (token verification, registry writes) on the other nodes in
+/// the same second. Spread over the window they arrive as a steady stream.
 async fn drain(node: &Node, deadline: tokio::time::Instant) {
     node.begin_drain();
-    let grace = node.config().shutdown.grace;
-    let closing = node.close_all_connections();
-    info!(connections = closing, grace = ?grace, "draining");
+    let cfg = &node.config().shutdown;
+    info!(
+        connections = node.hub().connection_count(),
+        readiness_delay = ?cfg.readiness_delay,
+        drain_window = ?cfg.drain_window,
+        grace = ?cfg.grace,
+        "draining: not ready; clients are closed after the readiness delay"
+    );
+    tokio::time::sleep_until((tokio::time::Instant::now() + cfg.readiness_delay).min(deadline))
+        .await;
     node.sessions().close();
-    // Sessions admitted while the first close went out are closed on the next pass.
+    close_in_batches(node, cfg.drain_window, deadline).await;
+    // Sessions admitted while the batches went out are closed on the next pass.
     loop {
         let pass = tokio::time::Instant::now() + Duration::from_millis(100);
         if tokio::time::timeout_at(pass.min(deadline), node.sessions().wait())
@@ -228,4 +244,26 @@ async fn drain(node: &Node, deadline: tokio::time::Instant) {
         }
         node.close_all_connections();
     }
+}
+
+/// Time between two batches of closes.
+const DRAIN_TICK: Duration = Duration::from_millis(100);
+
+/// Closes the connections open now with 1012, spread evenly over `window`.
+async fn close_in_batches(node: &Node, window: Duration, deadline: tokio::time::Instant) {
+    let conns = node.hub().connections();
+    let ticks = (window.as_millis() / DRAIN_TICK.as_millis()).max(1) as usize;
+    let batch = conns.len().div_ceil(ticks).max(1);
+    let start = tokio::time::Instant::now();
+    for (i, chunk) in conns.chunks(batch).enumerate() {
+        let due = (start + DRAIN_TICK * i as u32).min(deadline);
+        tokio::time::sleep_until(due).await;
+        for conn in chunk {
+            conn.queue.close(CloseCode::Restart, "node is draining");
+        }
+    }
+    info!(
+        closed = conns.len(),
+        "drain: every client was asked to reconnect"
+    );
 }

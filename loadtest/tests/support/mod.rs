@@ -43,6 +43,8 @@ impl Node {
         };
         c.auth.secret = Some(SECRET.into());
         c.shutdown.grace = Duration::from_secs(2);
+        c.shutdown.readiness_delay = Duration::ZERO;
+        c.shutdown.drain_window = Duration::ZERO;
         tweak(&mut c);
         c.validate().expect("test config is valid");
         let server = Server::bind(c).await.expect("node starts");

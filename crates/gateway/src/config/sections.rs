@@ -242,12 +242,24 @@ pub struct ShutdownConfig {
     /// Longest time from the signal to exit; connections still open then are dropped.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
+    /// After the signal, `/readyz` answers 503 but clients are served as
+    /// before for this long, so that load balancers stop sending new
+    /// connections here before the existing ones are asked to reconnect.
+    #[serde(with = "humantime_serde")]
+    pub readiness_delay: Duration,
+    /// Clients are closed with 1012 in batches spread evenly over this
+    /// window, so that their reconnects do not arrive at the other nodes
+    /// all at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
-            grace: Duration::from_secs(10),
+            grace: Duration::from_secs(25),
+            readiness_delay: Duration::from_secs(5),
+            drain_window: Duration::from_secs(10),
         }
     }
 }

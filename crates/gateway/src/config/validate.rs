@@ -89,6 +89,17 @@ impl Config {
                 "must be greater than zero",
             ));
         }
+        let d = &self.shutdown;
+        if d.readiness_delay + d.drain_window >= d.grace {
+            return Err(invalid(
+                "shutdown.grace",
+                format!(
+                    "must be longer than shutdown.readiness_delay + shutdown.drain_window \
+                     ({:?} + {:?}), or the drain is cut short",
+                    d.readiness_delay, d.drain_window
+                ),
+            ));
+        }
         Ok(())
     }
 

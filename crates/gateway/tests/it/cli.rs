@@ -175,6 +175,8 @@ async fn zero_config_node_starts_serves_and_exits_0_on_sigterm() {
     let mut child = fanout()
         .env("FANOUT_LISTEN", format!("127.0.0.1:{port}"))
         .env("FANOUT_SHUTDOWN__GRACE", "3s")
+        .env("FANOUT_SHUTDOWN__READINESS_DELAY", "0s")
+        .env("FANOUT_SHUTDOWN__DRAIN_WINDOW", "0s")
         .spawn()
         .expect("spawn fanout");
     let mut lines = stderr_lines(&mut child);

@@ -276,7 +276,7 @@ impl ProcessNode {
         let config = format!(
             "node_id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\n\n[auth]\nsecret = \"{SECRET}\"\n\n\
              [[api_keys]]\nkey = \"{API_KEY}\"\n\n[[api_keys]]\nkey = \"{ACME_KEY}\"\ntenant = \"acme\"\n\n\
-             [shutdown]\ngrace = \"3s\"\n\n{extra_toml}"
+             [shutdown]\ngrace = \"3s\"\nreadiness_delay = \"0s\"\ndrain_window = \"0s\"\n\n{extra_toml}"
         );
         let config_path = dir.path().join("fanout.toml");
         std::fs::write(&config_path, config).expect("write config");

@@ -236,3 +236,63 @@ async fn drain_closes_connections_still_authenticating_with_1012() {
         started.elapsed()
     );
 }
+
+/// SIGTERM in production: readiness turns false at once while clients keep
+/// being served for `readiness_delay`; then they are closed with 1012 in
+/// batches spread over `drain_window`, not all in one instant.
+#[tokio::test]
+async fn drain_waits_the_readiness_delay_then_closes_clients_spread_over_the_window() {
+    let delay = Duration::from_millis(800);
+    let window = Duration::from_millis(1500);
+    let mut server = TestServer::spawn_with(|c| {
+        c.shutdown.grace = Duration::from_secs(6);
+        c.shutdown.readiness_delay = delay;
+        c.shutdown.drain_window = window;
+    })
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        clients.push(server.client(&format!("u{i}"), "acme", &[]).await);
+    }
+
+    let signalled = Instant::now();
+    server.shutdown.cancel();
+    let (status, body) = get_text(&server.url("/readyz")).await;
+    assert_eq!(status, 503, "readiness is false at once: {body}");
+    // During the delay every client is still served.
+    for c in &mut clients {
+        c.assert_alive().await;
+    }
+    assert!(
+        signalled.elapsed() < delay,
+        "the liveness checks took {:?}, longer than the delay; the test proves nothing",
+        signalled.elapsed()
+    );
+
+    let closes = futures_util::future::join_all(clients.iter_mut().map(async |c| {
+        let (code, _) = c.expect_close().await;
+        (code, signalled.elapsed())
+    }))
+    .await;
+    let first = closes.iter().map(|(_, t)| *t).min().expect("clients");
+    let last = closes.iter().map(|(_, t)| *t).max().expect("clients");
+    assert!(closes.iter().all(|(code, _)| *code == 1012), "{closes:?}");
+    assert!(
+        first >= delay,
+        "a client was closed {first:?} after the signal, before the delay"
+    );
+    assert!(
+        last - first >= window / 2,
+        "closes were not spread over the window: first {first:?}, last {last:?}"
+    );
+    assert!(
+        last <= delay + window + Duration::from_millis(500),
+        "the last close came {last:?} after the signal"
+    );
+    let task = server.task.take().expect("run task");
+    tokio::time::timeout(Duration::from_secs(6), task)
+        .await
+        .expect("node stops within shutdown.grace")
+        .expect("run task")
+        .expect("run result");
+}

@@ -56,6 +56,8 @@ pub fn test_config() -> Config {
     };
     c.auth.secret = Some(SECRET.into());
     c.shutdown.grace = Duration::from_secs(3);
+    c.shutdown.readiness_delay = Duration::ZERO;
+    c.shutdown.drain_window = Duration::ZERO;
     c
 }
 
