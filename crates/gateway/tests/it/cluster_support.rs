@@ -273,10 +273,16 @@ impl ProcessNode {
         let dir = TempDir::new("node");
         let port = free_port();
         let id = format!("proc-{port}");
+        // A test that brings its own `[shutdown]` table replaces the default one.
+        let shutdown = if extra_toml.contains("[shutdown]") {
+            ""
+        } else {
+            "[shutdown]\ngrace = \"3s\"\nreadiness_delay = \"0s\"\ndrain_window = \"0s\"\n\n"
+        };
         let config = format!(
             "node_id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\n\n[auth]\nsecret = \"{SECRET}\"\n\n\
              [[api_keys]]\nkey = \"{API_KEY}\"\n\n[[api_keys]]\nkey = \"{ACME_KEY}\"\ntenant = \"acme\"\n\n\
-             [shutdown]\ngrace = \"3s\"\nreadiness_delay = \"0s\"\ndrain_window = \"0s\"\n\n{extra_toml}"
+             {shutdown}{extra_toml}"
         );
         let config_path = dir.path().join("fanout.toml");
         std::fs::write(&config_path, config).expect("write config");

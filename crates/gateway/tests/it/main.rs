@@ -17,6 +17,7 @@ mod limits;
 mod ops;
 mod pubsub;
 mod redis_support;
+mod rolling_restart;
 mod session;
 mod slow_consumer;
 mod support;
