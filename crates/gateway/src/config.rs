@@ -25,7 +25,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 pub use sections::EXAMPLE_CONFIG;
 pub use sections::{
     ApiKeyConfig, AuthConfig, Config, JwtAlgorithm, KeyConfig, Limits, LogConfig, LogFormat,
-    RedisConfig, SessionConfig, ShutdownConfig,
+    RedisConfig, SessionConfig, ShutdownConfig, TlsConfig,
 };
 pub use validate::{DEV_API_KEY, DEV_SECRET};
 
@@ -41,6 +41,7 @@ const ENV_SECTIONS: &[&str] = &[
     "session",
     "shutdown",
     "redis",
+    "tls",
 ];
 
 /// A configuration that could not be loaded or is invalid.

@@ -10,6 +10,7 @@ mod error;
 mod extract;
 pub mod listener;
 mod ops;
+pub mod tls;
 mod ws;
 
 use axum::Router;

@@ -128,7 +128,7 @@ async fn run(config: Config) -> Result<()> {
     let dev = config.is_dev_mode();
     let server = Server::bind(config).await?;
     let addr = server.local_addr();
-    info!(node = server.node().id(), %addr, bus = server.node().bus().kind(), "listening");
+    info!(node = server.node().id(), %addr, tls = server.is_tls(), bus = server.node().bus().kind(), "listening");
     if dev {
         print_dev_banner(addr);
     }

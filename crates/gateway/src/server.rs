@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use fanout_protocol::CloseCode;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -21,6 +22,7 @@ use crate::cluster::redis::RedisBus;
 use crate::config::Config;
 use crate::http;
 use crate::http::listener::{GuardedListener, PeerAddr};
+use crate::http::tls::{self, TlsListener};
 use crate::hub::Hub;
 use crate::node::{Node, NodeParts};
 
@@ -44,6 +46,8 @@ pub enum StartError {
 pub struct Server {
     node: Node,
     listener: TcpListener,
+    /// TLS on the main listener, when `[tls]` is configured.
+    tls: Option<TlsAcceptor>,
     metrics_listener: Option<TcpListener>,
     shutdown: CancellationToken,
 }
@@ -91,6 +95,11 @@ impl Server {
     /// Builds the node and binds its listeners.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let hub = Hub::new();
+        // Certificate problems are reported before anything listens.
+        let tls = match &config.tls {
+            Some(t) => Some(tls::acceptor(t).map_err(|e| StartError::Config(e.to_string()))?),
+            None => None,
+        };
         let listener = bind(config.listen).await?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(bind(addr).await?),
@@ -122,9 +131,15 @@ impl Server {
         Ok(Self {
             node,
             listener,
+            tls,
             metrics_listener,
             shutdown: CancellationToken::new(),
         })
+    }
+
+    /// Whether the main listener speaks TLS (`[tls]` configured).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The address the main listener is bound to.
@@ -156,6 +171,7 @@ impl Server {
         let Server {
             node,
             listener,
+            tls,
             metrics_listener,
             shutdown,
         } = self;
@@ -164,11 +180,20 @@ impl Server {
         // connection; they stop once the sessions are gone.
         let http_stop = CancellationToken::new();
         let app = http::router(node.clone()).into_make_service_with_connect_info::<PeerAddr>();
-        let mut main = tokio::spawn(
-            axum::serve(GuardedListener::new(listener), app)
-                .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let stopped = http_stop.clone().cancelled_owned();
+        let guarded = GuardedListener::new(listener);
+        let mut main = match tls {
+            Some(acceptor) => tokio::spawn(
+                axum::serve(TlsListener::new(guarded, acceptor), app)
+                    .with_graceful_shutdown(stopped)
+                    .into_future(),
+            ),
+            None => tokio::spawn(
+                axum::serve(guarded, app)
+                    .with_graceful_shutdown(stopped)
+                    .into_future(),
+            ),
+        };
         let ops = metrics_listener.map(|l| {
             let app = http::ops_router().with_state(node.clone());
             tokio::spawn(

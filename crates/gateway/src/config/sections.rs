@@ -35,6 +35,19 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Cluster mode over Redis; absent means the embedded single-node bus.
     pub redis: Option<RedisConfig>,
+    /// TLS on the main listener (`wss://`, `https://`) without a proxy in front.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Certificate and key of the main listener, PEM files. Read at start; a
+/// rotated certificate takes effect on restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first (PEM).
+    pub cert_file: std::path::PathBuf,
+    /// Private key of the leaf certificate (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
 }
 
 impl Default for Config {
@@ -50,6 +63,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             shutdown: ShutdownConfig::default(),
             redis: None,
+            tls: None,
         }
     }
 }

@@ -21,3 +21,4 @@ mod rolling_restart;
 mod session;
 mod slow_consumer;
 mod support;
+mod tls;
