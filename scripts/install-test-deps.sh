@@ -5,9 +5,9 @@
 set -euo pipefail
 
 # Binaries the tests start for real, and the Debian package of each.
-# (The edge tests add nginx here.)
 declare -A NEEDED=(
   [redis-server]=redis-server # cluster tests: a real Redis on a free loopback port
+  [nginx]=nginx               # edge tests: a real nginx in front of the nodes
 )
 
 missing=()

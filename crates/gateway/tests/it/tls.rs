@@ -20,13 +20,13 @@ use crate::redis_support::TempDir;
 use crate::support::{TestServer, TokenSpec, WAIT, test_config};
 
 /// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM.
-struct TestCert {
-    dir: TempDir,
+pub struct TestCert {
+    pub dir: TempDir,
     der: CertificateDer<'static>,
 }
 
 impl TestCert {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
         let key = rcgen::generate_simple_self_signed(names).expect("generate certificate");
         let dir = TempDir::new("tls");
@@ -39,7 +39,7 @@ impl TestCert {
         }
     }
 
-    fn config(&self) -> TlsConfig {
+    pub fn config(&self) -> TlsConfig {
         TlsConfig {
             cert_file: self.dir.path().join("cert.pem"),
             key_file: self.dir.path().join("key.pem"),
@@ -47,7 +47,7 @@ impl TestCert {
     }
 
     /// A client configuration trusting only this certificate.
-    fn client(&self) -> Arc<rustls::ClientConfig> {
+    pub fn client(&self) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(self.der.clone())

@@ -1,0 +1,198 @@
+//! The production edge, end to end: a real nginx terminating TLS in front of
+//! 3 nodes and Redis, configured by the repository's nginx/ files.
+
+use std::collections::BTreeSet;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use crate::cluster_support::{PREFIX, ProcessNode, any_room, redis_toml, wait_for_cluster};
+use crate::nginx_support::{Nginx, nginx_check, require_nginx};
+use crate::redis_support::{RedisServer, TempDir};
+use crate::support::{API_KEY, WAIT};
+
+type Wss = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A client through nginx: its socket, the node that welcomed it, and the
+/// sticky cookie nginx gave it.
+struct EdgeClient {
+    ws: Wss,
+    node: String,
+    cookie: Option<String>,
+}
+
+async fn connect(nginx: &Nginx, user: &str, cookie: Option<&str>) -> EdgeClient {
+    let mut request = nginx.wss_url().into_client_request().expect("request");
+    let headers = request.headers_mut();
+    let bearer = format!("Bearer {}", any_room(user, "acme").mint());
+    headers.insert("Authorization", bearer.parse().expect("header"));
+    if let Some(c) = cookie {
+        headers.insert(
+            "Cookie",
+            format!("fanout_node={c}").parse().expect("cookie"),
+        );
+    }
+    let (mut ws, response) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            None,
+            false,
+            Some(Connector::Rustls(nginx.cert.client())),
+        ),
+    )
+    .await
+    .expect("wss through nginx in time")
+    .unwrap_or_else(|e| panic!("wss through nginx: {e}\n{}", nginx.log()));
+    let cookie = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("fanout_node="))
+        .map(|v| v.split(';').next().unwrap_or_default().to_owned());
+    let welcome = next_of_type(&mut ws, "welcome").await;
+    EdgeClient {
+        ws,
+        node: welcome["node"].as_str().expect("welcome.node").to_owned(),
+        cookie,
+    }
+}
+
+async fn next_of_type(ws: &mut Wss, kind: &str) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} in time"))
+            .expect("socket open")
+            .expect("frame");
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).expect("json");
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+}
+
+impl EdgeClient {
+    async fn subscribe(&mut self, room: &str) {
+        let frame = json!({"type": "subscribe", "id": 1, "room": room}).to_string();
+        self.ws.send(Message::text(frame)).await.expect("send");
+        assert_eq!(next_of_type(&mut self.ws, "ack").await["id"], 1);
+    }
+}
+
+async fn publish(nginx: &Nginx, room: &str, seq: u64) {
+    let body = json!({"tenant": "acme", "room": room, "event": "e", "data": {"seq": seq}});
+    let (status, reply) = nginx
+        .https("POST", "/v1/publish", API_KEY, &body.to_string())
+        .await;
+    assert_eq!(
+        status,
+        202,
+        "publish through nginx: {reply}\n{}",
+        nginx.log()
+    );
+}
+
+#[tokio::test]
+async fn the_shipped_nginx_conf_passes_nginx_t() {
+    require_nginx();
+    let dir = TempDir::new("nginx-conf");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nginx");
+    for f in ["nginx.conf", "fanout.conf", "fanout-locations.conf"] {
+        std::fs::copy(repo.join(f), dir.path().join(f)).expect("copy nginx file");
+    }
+    std::fs::write(
+        dir.path().join("fanout-nodes.conf"),
+        "server 127.0.0.1:8081 max_fails=2 fail_timeout=10s;\n",
+    )
+    .expect("nodes");
+    let cert = crate::tls::TestCert::new();
+    std::fs::create_dir_all(dir.path().join("tls")).expect("tls dir");
+    std::fs::copy(cert.config().cert_file, dir.path().join("tls/fanout.crt")).expect("cert");
+    std::fs::copy(cert.config().key_file, dir.path().join("tls/fanout.key")).expect("key");
+    let conf = dir.path().join("nginx.conf");
+    if let Err(e) = nginx_check(dir.path(), &conf) {
+        panic!("nginx -t refused nginx/nginx.conf:\n{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn through_nginx_over_wss_clients_receive_stick_to_their_node_and_survive_a_node_loss() {
+    let redis = RedisServer::start().await;
+    let toml = redis_toml(&redis.url(), PREFIX);
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(ProcessNode::spawn(&toml).await);
+    }
+    for n in &nodes {
+        wait_for_cluster(&n.addr, 3).await;
+    }
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let nginx = Nginx::start(&addrs).await;
+
+    // A client over wss through nginx receives a publish made through nginx.
+    let mut first = connect(&nginx, "u1", None).await;
+    let cookie = first
+        .cookie
+        .clone()
+        .expect("nginx sets the sticky cookie on the 101");
+    first.subscribe("lobby").await;
+    publish(&nginx, "lobby", 1).await;
+    let got = next_of_type(&mut first.ws, "message").await;
+    assert_eq!(got["data"]["seq"], 1, "{got}");
+
+    // With its cookie, a reconnecting client lands on the same node, every time.
+    for _ in 0..5 {
+        let again = connect(&nginx, "u1", Some(&cookie)).await;
+        assert_eq!(again.node, first.node, "the sticky cookie did not hold");
+    }
+    // Without cookies, clients spread over the nodes.
+    let mut seen = BTreeSet::new();
+    for i in 0..12 {
+        seen.insert(connect(&nginx, &format!("n{i}"), None).await.node);
+    }
+    assert!(
+        seen.len() >= 2,
+        "12 cookieless clients all landed on {seen:?}"
+    );
+
+    // The node the client was on goes away: through nginx, with the same
+    // cookie, the client reconnects to another node and receives again.
+    let gone = nodes
+        .iter()
+        .position(|n| n.id == first.node)
+        .unwrap_or_else(|| panic!("welcome named {} which is not a test node", first.node));
+    let mut dead = nodes.remove(gone);
+    dead.kill9().await;
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match first.ws.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the client was not disconnected when its node died"
+    );
+
+    let mut moved = connect(&nginx, "u1", Some(&cookie)).await;
+    assert_ne!(moved.node, first.node, "reconnected to the dead node");
+    moved.subscribe("lobby").await;
+    let mut other = connect(&nginx, "u2", None).await;
+    other.subscribe("lobby").await;
+    publish(&nginx, "lobby", 2).await;
+    for c in [&mut moved, &mut other] {
+        let got = next_of_type(&mut c.ws, "message").await;
+        assert_eq!(got["data"]["seq"], 2, "{got}");
+    }
+}
