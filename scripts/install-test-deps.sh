@@ -12,7 +12,7 @@ declare -A NEEDED=(
 
 missing=()
 for bin in "${!NEEDED[@]}"; do
-  command -v "$bin" >/dev/null 2>&1 || missing+=("${NEEDED[$bin]}")
+  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("${NEEDED[$bin]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
