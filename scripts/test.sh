@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need, then runs every test of
-# the workspace and prints one closing total. This is the command the README
-# gives and CI runs.
+# the workspace, validates the Kubernetes manifests, and prints one closing
+# total. This is the command the README gives and CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
@@ -9,6 +9,10 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+# The Kubernetes manifests and the shipped configs are part of what is tested.
+k8s_status=0
+scripts/validate-k8s.sh || k8s_status=$?
+[ "$status" -eq 0 ] && status=$k8s_status
 # One line for the whole run: cargo prints a result line per test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
      END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"

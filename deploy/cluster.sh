@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# A local fanout cluster in one command: Redis, 3 nodes and nginx (TLS) on
+# loopback, with keys generated for this cluster.
+#
+#   deploy/cluster.sh up       # start (builds the release binary if needed)
+#   deploy/cluster.sh status   # what runs, and whether it is ready
+#   deploy/cluster.sh down     # stop exactly what `up` started
+#
+# Everything lives in target/cluster/ (configs, keys, logs, pids). Ports can
+# be moved with FANOUT_CLUSTER_PORT (nginx, default 8443), FANOUT_NODE_PORTS
+# (default "8081 8082 8083") and FANOUT_REDIS_PORT (default 6380).
+# FANOUT_BIN points at another fanout binary.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+STATE="${FANOUT_CLUSTER_DIR:-$ROOT/target/cluster}"
+NGINX_PORT="${FANOUT_CLUSTER_PORT:-8443}"
+NODE_PORTS="${FANOUT_NODE_PORTS:-8081 8082 8083}"
+REDIS_PORT="${FANOUT_REDIS_PORT:-6380}"
+BIN="${FANOUT_BIN:-$ROOT/target/release/fanout}"
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] ||
+    die "$1 is missing: install it (Debian: apt-get install $2)"
+}
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_ready() { # url
+  for _ in $(seq 100); do
+    curl -fsk "$1" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+up() {
+  need redis-server redis-server
+  need nginx nginx
+  need openssl openssl
+  need curl curl
+  if [ -f "$STATE/pids" ] && [ -s "$STATE/pids" ]; then
+    die "already up (deploy/cluster.sh status, or down first)"
+  fi
+  if [ ! -x "$BIN" ]; then
+    echo "building the release binary..." >&2
+    (cd "$ROOT" && cargo build --release -q -p fanout-gateway)
+  fi
+  mkdir -p "$STATE/tls" "$STATE/logs" "$STATE/nginx-tmp"
+  : >"$STATE/pids"
+
+  # Keys of this cluster: generated once, kept across up/down.
+  [ -f "$STATE/secret" ] || openssl rand -hex 32 >"$STATE/secret"
+  [ -f "$STATE/api-key" ] || openssl rand -hex 24 >"$STATE/api-key"
+  if [ ! -f "$STATE/tls/fanout.crt" ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+      -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+      -keyout "$STATE/tls/fanout.key" -out "$STATE/tls/fanout.crt" 2>/dev/null
+  fi
+  local secret api_key
+  secret="$(cat "$STATE/secret")"
+  api_key="$(cat "$STATE/api-key")"
+
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    >"$STATE/logs/redis.log" 2>&1 &
+  echo "redis $!" >>"$STATE/pids"
+  echo $! >"$STATE/redis.pid"
+
+  : >"$STATE/fanout-nodes.conf"
+  local port
+  for port in $NODE_PORTS; do
+    cat >"$STATE/node-$port.toml" <<EOF
+node_id = "local-$port"
+listen = "127.0.0.1:$port"
+
+[auth]
+secret = "$secret"
+
+[[api_keys]]
+key = "$api_key"
+
+[redis]
+url = "redis://127.0.0.1:$REDIS_PORT"
+prefix = "fanout-local"
+
+[shutdown]
+grace = "8s"
+readiness_delay = "1s"
+drain_window = "3s"
+EOF
+    "$BIN" --config "$STATE/node-$port.toml" >"$STATE/logs/node-$port.log" 2>&1 &
+    echo "node-$port $!" >>"$STATE/pids"
+    echo $! >"$STATE/node-$port.pid"
+    echo "server 127.0.0.1:$port max_fails=1 fail_timeout=10s;" >>"$STATE/fanout-nodes.conf"
+  done
+
+  cat >"$STATE/nginx.conf" <<EOF
+daemon off;
+master_process off;
+pid $STATE/nginx.pid;
+error_log $STATE/logs/nginx.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $STATE/nginx-tmp;
+  proxy_temp_path $STATE/nginx-tmp;
+  fastcgi_temp_path $STATE/nginx-tmp;
+  uwsgi_temp_path $STATE/nginx-tmp;
+  scgi_temp_path $STATE/nginx-tmp;
+  include $ROOT/nginx/fanout.conf;
+  server {
+    listen 127.0.0.1:$NGINX_PORT ssl;
+    ssl_certificate $STATE/tls/fanout.crt;
+    ssl_certificate_key $STATE/tls/fanout.key;
+    include $ROOT/nginx/fanout-locations.conf;
+  }
+}
+EOF
+  "$NGINX" -p "$STATE" -c "$STATE/nginx.conf" >"$STATE/logs/nginx.out" 2>&1 &
+  echo "nginx $!" >>"$STATE/pids"
+  echo $! >"$STATE/nginx-proc.pid"
+
+  for port in $NODE_PORTS; do
+    wait_ready "http://127.0.0.1:$port/readyz" ||
+      { tail -20 "$STATE/logs/node-$port.log" >&2; down; die "node on $port did not become ready"; }
+  done
+  wait_ready "https://127.0.0.1:$NGINX_PORT/nginx-healthz" ||
+    { tail -20 "$STATE/logs/nginx.log" >&2; down; die "nginx did not start"; }
+
+  local token
+  token="$("$BIN" token --config "$STATE/node-${NODE_PORTS%% *}.toml" --sub alice --tenant demo --rooms 'lobby,chat.*' 2>/dev/null)"
+  cat <<EOF
+fanout cluster is up: Redis on 127.0.0.1:$REDIS_PORT, nodes on $(echo "$NODE_PORTS" | sed 's/ /, /g'),
+nginx (TLS, self-signed certificate) on https://localhost:$NGINX_PORT
+
+  WebSocket:  wss://localhost:$NGINX_PORT/ws   (certificate: $STATE/tls/fanout.crt)
+  token:      $token
+              (more: $BIN token --config $STATE/node-${NODE_PORTS%% *}.toml --sub bob --tenant demo --rooms lobby)
+  publish:    curl --cacert $STATE/tls/fanout.crt https://localhost:$NGINX_PORT/v1/publish \\
+                -H "Authorization: Bearer $api_key" -H 'Content-Type: application/json' \\
+                -d '{"tenant":"demo","room":"lobby","event":"hello","data":{"text":"hi"}}'
+  stats:      curl --cacert $STATE/tls/fanout.crt -H "Authorization: Bearer $api_key" https://localhost:$NGINX_PORT/v1/stats
+
+  logs in $STATE/logs; stop with deploy/cluster.sh down
+EOF
+}
+
+down() {
+  [ -f "$STATE/pids" ] || { echo "not running"; return 0; }
+  local name pid
+  # Reverse order: nginx first, then the nodes (they drain), Redis last.
+  tac "$STATE/pids" | while read -r name pid; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+      echo "stopped $name ($pid)"
+    fi
+  done
+  rm -f "$STATE/pids" "$STATE"/*.pid
+}
+
+status() {
+  [ -f "$STATE/pids" ] || { echo "not running"; return 3; }
+  local name pid state rc=0
+  while read -r name pid; do
+    if kill -0 "$pid" 2>/dev/null; then state=running; else state=stopped; rc=1; fi
+    case "$name" in
+      node-*)
+        if [ "$state" = running ] && curl -fs "http://127.0.0.1:${name#node-}/readyz" >/dev/null; then
+          state="running, ready"
+        fi ;;
+    esac
+    echo "$name ($pid): $state"
+  done <"$STATE/pids"
+  return $rc
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: deploy/cluster.sh up|down|status" >&2; exit 2 ;;
+esac
