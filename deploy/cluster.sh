@@ -58,6 +58,7 @@ up() {
   if [ ! -f "$STATE/tls/fanout.crt" ]; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
       -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+      -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" \
       -keyout "$STATE/tls/fanout.key" -out "$STATE/tls/fanout.crt" 2>/dev/null
   fi
   local secret api_key

@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 
 use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -195,4 +197,108 @@ async fn through_nginx_over_wss_clients_receive_stick_to_their_node_and_survive_
         let got = next_of_type(&mut c.ws, "message").await;
         assert_eq!(got["data"]["seq"], 2, "{got}");
     }
+}
+
+/// `deploy/cluster.sh`: up starts Redis, 3 nodes and nginx that serve a
+/// publish over TLS; status reports them ready; down stops exactly the
+/// processes up started.
+#[tokio::test]
+async fn deploy_cluster_sh_brings_up_a_working_cluster_and_down_stops_exactly_it() {
+    use crate::redis_support::free_port;
+    use rustls::pki_types::pem::PemObject;
+    use std::process::Command;
+
+    require_nginx();
+    let dir = TempDir::new("cluster-sh");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/cluster.sh");
+    let nginx_port = free_port();
+    let node_ports = format!("{} {} {}", free_port(), free_port(), free_port());
+    let run = |action: &str| {
+        Command::new(&script)
+            .arg(action)
+            .env("FANOUT_BIN", env!("CARGO_BIN_EXE_fanout"))
+            .env("FANOUT_CLUSTER_DIR", dir.path())
+            .env("FANOUT_CLUSTER_PORT", nginx_port.to_string())
+            .env("FANOUT_NODE_PORTS", &node_ports)
+            .env("FANOUT_REDIS_PORT", free_port().to_string())
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run deploy/cluster.sh")
+    };
+    let up = run("up");
+    let said = String::from_utf8_lossy(&up.stdout).into_owned();
+    assert!(
+        up.status.success(),
+        "cluster.sh up failed:\n{said}\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(
+        said.contains(&format!("wss://localhost:{nginx_port}/ws")),
+        "{said}"
+    );
+    let pids: Vec<u32> = std::fs::read_to_string(dir.path().join("pids"))
+        .expect("pids file")
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 5, "redis, 3 nodes and nginx: {pids:?}");
+
+    let status = run("status");
+    let report = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.status.success(), "{report}");
+    assert_eq!(report.matches("running, ready").count(), 3, "{report}");
+
+    // A publish through the cluster's nginx, over TLS with its certificate.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.path().join("tls/fanout.crt")).expect("cert"))
+        .expect("trust");
+    let tls = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let api_key = std::fs::read_to_string(dir.path().join("api-key")).expect("api key");
+    let body = json!({"tenant":"demo","room":"lobby","event":"hello","data":1}).to_string();
+    let tcp = TcpStream::connect(("127.0.0.1", nginx_port))
+        .await
+        .expect("nginx");
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS with the cluster's nginx");
+    let request = format!(
+        "POST /v1/publish HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        api_key.trim(),
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply).await;
+    assert!(reply.starts_with("HTTP/1.1 202"), "{reply}");
+
+    let down = run("down");
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| s.contains(") Z "))
+                    .unwrap_or(true),
+            "process {pid} still runs after down"
+        );
+    }
+    assert!(
+        !run("status").status.success(),
+        "status after down reports running"
+    );
 }
