@@ -51,6 +51,9 @@ up() {
   fi
   mkdir -p "$STATE/tls" "$STATE/logs" "$STATE/nginx-tmp"
   : >"$STATE/pids"
+  # A failure half-way stops what was already started.
+  trap 'echo "cluster.sh: up failed; stopping what it started" >&2; down' ERR
+  umask 077
 
   # Keys of this cluster: generated once, kept across up/down.
   [ -f "$STATE/secret" ] || openssl rand -hex 32 >"$STATE/secret"
@@ -126,11 +129,12 @@ EOF
 
   for port in $NODE_PORTS; do
     wait_ready "http://127.0.0.1:$port/readyz" ||
-      { tail -20 "$STATE/logs/node-$port.log" >&2; down; die "node on $port did not become ready"; }
+      { tail -20 "$STATE/logs/node-$port.log" >&2; trap - ERR; down; die "node on $port did not become ready"; }
   done
   wait_ready "https://127.0.0.1:$NGINX_PORT/nginx-healthz" ||
-    { tail -20 "$STATE/logs/nginx.log" >&2; down; die "nginx did not start"; }
+    { tail -20 "$STATE/logs/nginx.log" >&2; trap - ERR; down; die "nginx did not start"; }
 
+  trap - ERR
   local token
   token="$("$BIN" token --config "$STATE/node-${NODE_PORTS%% *}.toml" --sub alice --tenant demo --rooms 'lobby,chat.*' 2>/dev/null)"
   cat <<EOF
@@ -154,7 +158,8 @@ down() {
   local name pid
   # Reverse order: nginx first, then the nodes (they drain), Redis last.
   tac "$STATE/pids" | while read -r name pid; do
-    if kill -0 "$pid" 2>/dev/null; then
+    # Only a process this script started: after a reboot the pid may be reused.
+    if kill -0 "$pid" 2>/dev/null && grep -qa -e fanout -e redis -e nginx "/proc/$pid/cmdline" 2>/dev/null; then
       kill "$pid" 2>/dev/null || true
       for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       kill -9 "$pid" 2>/dev/null || true
@@ -173,6 +178,8 @@ status() {
       node-*)
         if [ "$state" = running ] && curl -fs "http://127.0.0.1:${name#node-}/readyz" >/dev/null; then
           state="running, ready"
+        elif [ "$state" = running ]; then
+          state="running, not ready"; rc=1
         fi ;;
     esac
     echo "$name ($pid): $state"

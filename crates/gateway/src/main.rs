@@ -133,11 +133,14 @@ async fn run(config: Config) -> Result<()> {
         print_dev_banner(addr);
     }
     let token = server.shutdown_token();
+    // The listeners are created once, before serving, so neither an early
+    // signal nor a second one right after the first is lost.
+    let mut signals = Signals::new();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.next().await;
         info!("shutdown signal received; draining (a second signal exits at once)");
         token.cancel();
-        wait_for_signal().await;
+        signals.next().await;
         warn!("second shutdown signal: exiting without finishing the drain");
         std::process::exit(1);
     });
@@ -145,18 +148,40 @@ async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM and SIGINT, listened for from creation on.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, signal = name, "cannot listen for the signal");
+                None
+            }
+        };
+        Self {
+            term: listen(SignalKind::terminate(), "SIGTERM"),
+            int: listen(SignalKind::interrupt(), "SIGINT"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    }
+
+    async fn next(&mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            () = recv(&mut self.term) => {}
+            () = recv(&mut self.int) => {}
+        }
     }
 }
 

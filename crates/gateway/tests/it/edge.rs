@@ -225,6 +225,15 @@ async fn deploy_cluster_sh_brings_up_a_working_cluster_and_down_stops_exactly_it
             .output()
             .expect("run deploy/cluster.sh")
     };
+    // Whatever fails below, the cluster is stopped.
+    struct Down<F: Fn(&str) -> std::process::Output>(F);
+    impl<F: Fn(&str) -> std::process::Output> Drop for Down<F> {
+        fn drop(&mut self) {
+            let _ = (self.0)("down");
+        }
+    }
+    let run = Down(run);
+    let run = |action: &str| (run.0)(action);
     let up = run("up");
     let said = String::from_utf8_lossy(&up.stdout).into_owned();
     assert!(

@@ -134,15 +134,19 @@ async fn client(index: usize, live: Live, stop: CancellationToken) -> Vec<Life> 
     lives
 }
 
-/// Publishes seq 1, 2, 3, … every 20 ms through the first live node that
-/// accepts (a draining node answers 503, which means "not accepted": the
-/// same seq is tried on the next node). Returns (seq, time of the 202).
-async fn publisher(live: Live, stop: CancellationToken) -> Vec<(u64, Instant)> {
+/// Publishes seq 1, 2, 3, … every 20 ms through a live node. A 503 (the
+/// node is draining: not accepted) moves the same seq to the next node. Any
+/// other outcome (a timeout, a lost connection) may or may not have been
+/// published, so that seq is given up and left out of every check: retrying
+/// it could deliver it twice. Returns the accepted seqs with the time of the
+/// 202, and the uncertain ones.
+async fn publisher(live: Live, stop: CancellationToken) -> (Vec<(u64, Instant)>, Vec<u64>) {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .expect("http client");
     let mut accepted = Vec::new();
+    let mut uncertain = Vec::new();
     let mut seq = 1u64;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     while !stop.is_cancelled() {
@@ -156,14 +160,25 @@ async fn publisher(live: Live, stop: CancellationToken) -> Vec<(u64, Instant)> {
                 .json(&body)
                 .send()
                 .await;
-            if matches!(&sent, Ok(r) if r.status().as_u16() == 202) {
-                accepted.push((seq, Instant::now()));
-                seq += 1;
-                break;
+            match sent.map(|r| r.status().as_u16()) {
+                Ok(202) => {
+                    accepted.push((seq, Instant::now()));
+                    break;
+                }
+                // Refused before anything was sent: try the next node.
+                Ok(503) => continue,
+                Err(e) if e.is_connect() => continue,
+                _ => {
+                    uncertain.push(seq);
+                    break;
+                }
             }
         }
+        if accepted.last().map(|(s, _)| *s) == Some(seq) || uncertain.last() == Some(&seq) {
+            seq += 1;
+        }
     }
-    accepted
+    (accepted, uncertain)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -232,7 +247,7 @@ async fn a_rolling_restart_reconnects_every_client_within_5s_and_loses_nothing_w
     }
 
     stop_publisher.cancel();
-    let accepted = publishing.await.expect("publisher");
+    let (accepted, uncertain) = publishing.await.expect("publisher");
     sleep(Duration::from_millis(500)).await;
     stop_clients.cancel();
     let mut all = Vec::new();
@@ -267,13 +282,15 @@ async fn a_rolling_restart_reconnects_every_client_within_5s_and_loses_nothing_w
             );
         }
         for life in lives {
-            // The connection's own stream is whole: consecutive, no gap, no repeat…
+            // The connection's own stream is whole: increasing, and without a
+            // gap except for seqs whose publish had an uncertain outcome…
             for w in life.seqs.windows(2) {
-                assert_eq!(
-                    w[1],
-                    w[0] + 1,
-                    "client {i} on {}: gap or reorder in {:?}",
+                assert!(
+                    w[1] > w[0] && (w[0] + 1..w[1]).all(|s| uncertain.contains(&s)),
+                    "client {i} on {}: gap or reorder between {} and {} in {:?}",
                     life.node,
+                    w[0],
+                    w[1],
                     life.seqs
                 );
             }
