@@ -205,8 +205,13 @@ impl Server {
 
         shutdown.cancelled().await;
         // One deadline for the whole shutdown: `shutdown.grace` from the signal.
-        let deadline = tokio::time::Instant::now() + node.config().shutdown.grace;
-        drain(&node, deadline).await;
+        let grace = node.config().shutdown.grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        // The end of the grace period is kept for deregistering from Redis,
+        // so that clients that are slow to close cannot leave the registry
+        // stale until its TTL.
+        let reserve = (grace / 4).min(Duration::from_secs(2));
+        drain(&node, deadline - reserve).await;
         http_stop.cancel();
         if tokio::time::timeout_at(deadline, &mut main).await.is_err() {
             warn!("HTTP requests still open after the grace period; exiting anyway");

@@ -90,7 +90,10 @@ impl Config {
             ));
         }
         let d = &self.shutdown;
-        if d.readiness_delay + d.drain_window >= d.grace {
+        if d.readiness_delay
+            .checked_add(d.drain_window)
+            .is_none_or(|before_close| before_close >= d.grace)
+        {
             return Err(invalid(
                 "shutdown.grace",
                 format!(
