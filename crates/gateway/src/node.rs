@@ -30,7 +30,11 @@ pub use publish::{Prepared, PresenceEvent, Publish, PublishSource, now_millis};
 use crate::auth::{ApiKeys, TokenVerifier};
 use crate::cluster::Bus;
 use crate::config::Config;
+use crate::hub::ConnHandle;
 use crate::hub::{ConnLimits, Hub};
+
+/// Close reason of the 1012 a draining node sends.
+const DRAIN_REASON: &str = "node is draining";
 
 struct NodeInner {
     id: String,
@@ -176,9 +180,12 @@ impl Node {
 
     /// Asks every local connection to close with 1012.
     pub fn close_all_connections(&self) -> usize {
-        self.inner
-            .hub
-            .close_all(CloseCode::Restart, "node is draining")
+        self.inner.hub.close_all(CloseCode::Restart, DRAIN_REASON)
+    }
+
+    /// Asks one connection to close with 1012 (the drain closes in batches).
+    pub fn close_for_drain(&self, conn: &ConnHandle) {
+        conn.queue.close(CloseCode::Restart, DRAIN_REASON);
     }
 
     /// Who is in a room, cluster-wide.

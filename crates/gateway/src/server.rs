@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_protocol::CloseCode;
+use axum::Router;
+use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
+use axum::serve::Listener;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -180,19 +182,10 @@ impl Server {
         // connection; they stop once the sessions are gone.
         let http_stop = CancellationToken::new();
         let app = http::router(node.clone()).into_make_service_with_connect_info::<PeerAddr>();
-        let stopped = http_stop.clone().cancelled_owned();
         let guarded = GuardedListener::new(listener);
         let mut main = match tls {
-            Some(acceptor) => tokio::spawn(
-                axum::serve(TlsListener::new(guarded, acceptor), app)
-                    .with_graceful_shutdown(stopped)
-                    .into_future(),
-            ),
-            None => tokio::spawn(
-                axum::serve(guarded, app)
-                    .with_graceful_shutdown(stopped)
-                    .into_future(),
-            ),
+            Some(acceptor) => spawn_serve(TlsListener::new(guarded, acceptor), app, &http_stop),
+            None => spawn_serve(guarded, app, &http_stop),
         };
         let ops = metrics_listener.map(|l| {
             let app = http::ops_router().with_state(node.clone());
@@ -232,6 +225,23 @@ impl Server {
         info!("stopped");
         Ok(())
     }
+}
+
+/// Serves `app` on `listener` until `stop`, in a task.
+fn spawn_serve<L>(
+    listener: L,
+    app: IntoMakeServiceWithConnectInfo<Router, PeerAddr>,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>>
+where
+    L: Listener<Addr = SocketAddr>,
+    for<'a> PeerAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    )
 }
 
 /// The drain: readiness false at once; after `readiness_delay` the clients
@@ -289,7 +299,7 @@ async fn close_in_batches(node: &Node, window: Duration, deadline: tokio::time::
         let due = (start + DRAIN_TICK * i as u32).min(deadline);
         tokio::time::sleep_until(due).await;
         for conn in chunk {
-            conn.queue.close(CloseCode::Restart, "node is draining");
+            node.close_for_drain(conn);
         }
     }
     info!(

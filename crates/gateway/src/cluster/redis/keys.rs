@@ -79,6 +79,14 @@ impl Keyspace {
         format!("{}:{{{tenant}/{room}}}:members", self.prefix)
     }
 
+    /// `KEYS` of the room scripts (join, leave, sweep): hosts, then members.
+    pub(crate) fn room_script_keys(&self, tenant: &Name, room: &Name) -> Vec<String> {
+        vec![
+            self.room_hosts(tenant, room),
+            self.room_members(tenant, room),
+        ]
+    }
+
     /// A room's channel, used when the room is spread over many nodes.
     pub(crate) fn room_channel(&self, tenant: &Name, room: &Name) -> String {
         format!("{}:{{{tenant}/{room}}}:ch", self.prefix)

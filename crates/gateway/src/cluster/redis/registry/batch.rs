@@ -13,7 +13,6 @@ use std::collections::BTreeSet;
 use fanout_protocol::Name;
 use fred::interfaces::{PubsubInterface, SetsInterface, SortedSetsInterface};
 use fred::types::Value;
-use fred::types::sorted_sets::Ordering;
 use tokio::sync::oneshot;
 use tracing::debug;
 
@@ -177,10 +176,7 @@ impl Actor {
                     }
                     self.channels.acquire(self.keys.room_channel(tenant, room));
                     touched.insert(keys::index_room(tenant, room));
-                    let keys = vec![
-                        self.keys.room_hosts(tenant, room),
-                        self.keys.room_members(tenant, room),
-                    ];
+                    let keys = self.keys.room_script_keys(tenant, room);
                     let args = vec![
                         node.clone().into(),
                         user.to_string().into(),
@@ -196,10 +192,7 @@ impl Actor {
                     self.channels
                         .release(&self.keys.room_channel(tenant, room), linger);
                     touched.insert(keys::index_room(tenant, room));
-                    let keys = vec![
-                        self.keys.room_hosts(tenant, room),
-                        self.keys.room_members(tenant, room),
-                    ];
+                    let keys = self.keys.room_script_keys(tenant, room);
                     let args = vec![
                         node.clone().into(),
                         user.to_string().into(),
@@ -221,16 +214,7 @@ impl Actor {
             prefix += 1;
         }
         if !new_rooms.is_empty() {
-            let _: Result<(), _> = pipe
-                .zadd(
-                    self.keys.rooms(),
-                    None,
-                    Some(Ordering::GreaterThan),
-                    false,
-                    false,
-                    new_rooms,
-                )
-                .await;
+            super::sync::queue_room_expiries(&pipe, &self.keys, new_rooms).await;
             prefix += 1;
         }
         for (_, script, keys, args) in &scripted {
@@ -242,11 +226,12 @@ impl Actor {
         let mut emptied_rooms = Vec::new();
         for (change, ..) in scripted {
             let result = results.next();
-            if let Some(Err(e)) = &result
-                && e.details().starts_with("NOSCRIPT")
-            {
-                // Redis lost its script cache (restart, SCRIPT FLUSH): a
-                // resync reloads the scripts. The script did not run.
+            if !matches!(result, Some(Ok(_))) {
+                // The script failed, or its outcome is unknown (a timeout may
+                // come after it ran; NOSCRIPT after a lost script cache). The
+                // view has been settled as if it did not run, which Redis may
+                // not agree with: the next heartbeat rewrites Redis from the
+                // view (and reloads the scripts).
                 self.health.set_synced(false);
             }
             self.settle(change, result, &mut emptied_rooms);

@@ -32,17 +32,27 @@ impl Actor {
         if !self.health.is_synced() {
             return;
         }
-        if let Err(e) = self.beat().await {
-            warn!(error = %e.0, "heartbeat failed");
-            self.health.heartbeat_failed(&e.0);
-            return;
+        let beat = match self.beat_node().await {
+            Ok(Some(beat)) => self.refresh_rooms(beat.expiry).await.map(|()| beat),
+            Ok(None) => return, // swept while alive: the next heartbeat resyncs
+            Err(e) => Err(e),
+        };
+        match beat {
+            Ok(beat) => self.health.heartbeat_ok(beat.now),
+            Err(e) => {
+                warn!(error = %e.0, "heartbeat failed");
+                self.health.heartbeat_failed(&e.0);
+                return;
+            }
         }
         if let Err(e) = self.sweep_dead().await {
             debug!(error = %e.0, "sweep failed; another round will retry");
         }
     }
 
-    async fn beat(&mut self) -> Result<(), BusError> {
+    /// Renews this node's own entries and reads who else is alive. `None`
+    /// when the node finds its registry swept (it is then marked unsynced).
+    async fn beat_node(&mut self) -> Result<Option<Beat>, BusError> {
         let now = now_ms();
         let ttl = self.config.entry_ttl().as_millis() as u64;
         let expiry = now + ttl;
@@ -108,46 +118,20 @@ impl Actor {
             // long enough to be taken for dead). Rewrite it.
             warn!("this node's registry entries were swept; re-registering");
             self.health.set_synced(false);
-            return Ok(());
+            return Ok(None);
         }
+        Ok(Some(Beat { now, expiry }))
+    }
 
-        // Room host entries, pipelined in chunks.
-        let rooms: Vec<_> = self.registered.rooms.keys().cloned().collect();
-        for chunk in rooms.chunks(CHUNK) {
-            let pipe = self.publisher.pipeline();
-            for (tenant, room) in chunk {
-                let _: Result<(), _> = pipe
-                    .zadd(
-                        self.keys.room_hosts(tenant, room),
-                        None,
-                        None,
-                        false,
-                        false,
-                        (expiry as f64, node.as_str()),
-                    )
-                    .await;
-                let _: Result<(), _> = pipe
-                    .zadd(
-                        self.keys.rooms(),
-                        None,
-                        Some(Ordering::GreaterThan),
-                        false,
-                        false,
-                        (expiry as f64, keys::room_id(tenant, room)),
-                    )
-                    .await;
-            }
-            if let Some(Err(e)) = pipe
-                .try_all::<Value>()
-                .await
-                .into_iter()
-                .find(Result::is_err)
-            {
-                return Err(BusError(format!("heartbeat rooms: {e}")));
-            }
+    /// Renews the host entry of every room this node has members in.
+    async fn refresh_rooms(&mut self, expiry: u64) -> Result<(), BusError> {
+        let node = self.keys.node().to_owned();
+        let mut pipe = Chunked::new(&self.publisher, "heartbeat rooms");
+        for (tenant, room) in self.registered.rooms.keys() {
+            let p = pipe.next(2).await?;
+            queue_room_host(p, &self.keys, tenant, room, &node, expiry).await;
         }
-        self.health.heartbeat_ok(now);
-        Ok(())
+        pipe.finish().await
     }
 
     /// One node per round sweeps the registry entries of nodes whose
@@ -175,11 +159,6 @@ impl Actor {
         if sweepable.is_empty() {
             return Ok(());
         }
-        // Rooms whose every host is gone (kept by no heartbeat) are garbage too.
-        let _: Result<(), _> = self
-            .publisher
-            .zremrangebyscore(self.keys.rooms(), "-inf", format!("({threshold}"))
-            .await;
         let lock_ms = (self.config.heartbeat.as_millis() as i64 * 2).max(1);
         let got: Option<String> = self
             .publisher
@@ -195,6 +174,11 @@ impl Actor {
         if got.is_none() {
             return Ok(());
         }
+        // Rooms whose every host is gone (kept by no heartbeat) are garbage too.
+        let _: Result<(), _> = self
+            .publisher
+            .zremrangebyscore(self.keys.rooms(), "-inf", format!("({threshold}"))
+            .await;
         for node in sweepable {
             if node == self.keys.node() {
                 continue;
@@ -202,7 +186,7 @@ impl Actor {
             info!(dead_node = %node, "sweeping the registry entries of a dead node");
             self.sweep(&node).await?;
             let _: i64 = scripts::REMOVE_DEAD_NODE
-                .evalsha(
+                .evalsha_with_reload(
                     &self.publisher,
                     vec![self.keys.nodes()],
                     vec![node, threshold.to_string()],
@@ -227,8 +211,7 @@ impl Actor {
             for entry in chunk {
                 match parse_index(entry) {
                     Some(IndexEntry::Room(t, r)) => {
-                        let keys =
-                            vec![self.keys.room_hosts(&t, &r), self.keys.room_members(&t, &r)];
+                        let keys = self.keys.room_script_keys(&t, &r);
                         scripts::queue(&pipe, &scripts::SWEEP_ROOM, keys, vec![node.into()]).await;
                         rooms.push(Some(keys::room_id(&t, &r)));
                     }
@@ -337,37 +320,18 @@ impl Actor {
                 .await
                 .map_err(redis_err("re-register index"))?;
         }
-        let mut pipe = Chunked::new(&self.publisher);
+        let mut pipe = Chunked::new(&self.publisher, "re-register");
         for ((tenant, room), users) in &self.registered.rooms {
-            let p = pipe.next().await?;
-            let _: Result<(), _> = p
-                .zadd(
-                    self.keys.room_hosts(tenant, room),
-                    None,
-                    None,
-                    false,
-                    false,
-                    (expiry as f64, node.as_str()),
-                )
-                .await;
+            let p = pipe.next(3).await?;
+            queue_room_host(p, &self.keys, tenant, room, &node, expiry).await;
             let fields: Vec<(String, String)> = users
                 .iter()
                 .map(|(u, n)| (format!("{node}|{u}"), n.to_string()))
                 .collect();
             let _: Result<(), _> = p.hset(self.keys.room_members(tenant, room), fields).await;
-            let _: Result<(), _> = p
-                .zadd(
-                    self.keys.rooms(),
-                    None,
-                    Some(Ordering::GreaterThan),
-                    false,
-                    false,
-                    (expiry as f64, keys::room_id(tenant, room)),
-                )
-                .await;
         }
         for ((tenant, user), n) in &self.registered.users {
-            let p = pipe.next().await?;
+            let p = pipe.next(1).await?;
             let _: Result<(), _> = p
                 .hset(
                     self.keys.user_conns(tenant, user),
@@ -376,7 +340,7 @@ impl Actor {
                 .await;
         }
         for (tenant, n) in &self.registered.tenants {
-            let p = pipe.next().await?;
+            let p = pipe.next(1).await?;
             let _: Result<(), _> = p
                 .hset(
                     self.keys.tenant_conns(tenant),
@@ -386,7 +350,10 @@ impl Actor {
         }
         pipe.finish().await?;
         self.health.set_synced(true);
-        self.beat().await?;
+        // Node entries and liveness; the rooms were just written.
+        if let Some(beat) = self.beat_node().await? {
+            self.health.heartbeat_ok(beat.now);
+        }
         crate::metrics::resubscribed();
         info!(
             rooms = self.registered.rooms.len(),
@@ -408,47 +375,109 @@ impl Actor {
     }
 }
 
-/// A pipeline that is sent every `CHUNK` entries.
+/// When a heartbeat ran, and until when its entries hold.
+struct Beat {
+    now: u64,
+    expiry: u64,
+}
+
+/// Queues "this node hosts the room until `expiry`": the room's host entry,
+/// and the room in the cluster's room set (whose score only moves up, as
+/// several nodes renew it).
+async fn queue_room_host<C: SortedSetsInterface + Sync>(
+    p: &C,
+    keyspace: &keys::Keyspace,
+    tenant: &fanout_protocol::Name,
+    room: &fanout_protocol::Name,
+    node: &str,
+    expiry: u64,
+) {
+    let _: Result<(), _> = p
+        .zadd(
+            keyspace.room_hosts(tenant, room),
+            None,
+            None,
+            false,
+            false,
+            (expiry as f64, node),
+        )
+        .await;
+    queue_room_expiries(
+        p,
+        keyspace,
+        vec![(expiry as f64, keys::room_id(tenant, room))],
+    )
+    .await;
+}
+
+/// Queues the expiry of rooms in the cluster's room set (never lowering one).
+pub(super) async fn queue_room_expiries<C: SortedSetsInterface + Sync>(
+    p: &C,
+    keyspace: &keys::Keyspace,
+    rooms: Vec<(f64, String)>,
+) {
+    let _: Result<(), _> = p
+        .zadd(
+            keyspace.rooms(),
+            None,
+            Some(Ordering::GreaterThan),
+            false,
+            false,
+            rooms,
+        )
+        .await;
+}
+
+/// A pipeline that is sent once it holds about `CHUNK` commands, so that a
+/// node with many rooms never sends one pipeline larger than a command
+/// timeout allows.
 struct Chunked<'a> {
     client: &'a fred::clients::Client,
     pipe: fred::clients::Pipeline<fred::clients::Client>,
-    entries: usize,
+    commands: usize,
+    /// Names the work in errors.
+    what: &'static str,
 }
 
 impl<'a> Chunked<'a> {
-    fn new(client: &'a fred::clients::Client) -> Self {
+    fn new(client: &'a fred::clients::Client, what: &'static str) -> Self {
         Self {
             client,
             pipe: client.pipeline(),
-            entries: 0,
+            commands: 0,
+            what,
         }
     }
 
-    /// The pipeline to queue the next entry on (sending the full one first).
-    async fn next(&mut self) -> Result<&fred::clients::Pipeline<fred::clients::Client>, BusError> {
-        if self.entries == CHUNK {
+    /// The pipeline to queue the next `commands` commands on (sending the
+    /// current one first when they would not fit).
+    async fn next(
+        &mut self,
+        commands: usize,
+    ) -> Result<&fred::clients::Pipeline<fred::clients::Client>, BusError> {
+        if self.commands > 0 && self.commands + commands > CHUNK {
             self.send().await?;
         }
-        self.entries += 1;
+        self.commands += commands;
         Ok(&self.pipe)
     }
 
     async fn send(&mut self) -> Result<(), BusError> {
         let pipe = std::mem::replace(&mut self.pipe, self.client.pipeline());
-        self.entries = 0;
+        self.commands = 0;
         match pipe
             .try_all::<Value>()
             .await
             .into_iter()
             .find(Result::is_err)
         {
-            Some(Err(e)) => Err(BusError(format!("re-register: {e}"))),
+            Some(Err(e)) => Err(BusError(format!("{}: {e}", self.what))),
             _ => Ok(()),
         }
     }
 
     async fn finish(mut self) -> Result<(), BusError> {
-        if self.entries > 0 {
+        if self.commands > 0 {
             self.send().await?;
         }
         Ok(())
