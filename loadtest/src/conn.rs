@@ -30,8 +30,9 @@ use crate::tally::{Expect, Streams, Tally};
 use crate::target::Target;
 use crate::wire::{self, Incoming};
 
-/// Read buffer per client socket: the node's size, so that 20,000 client
-/// sockets cost 80 MB instead of the 2.5 GB of tungstenite's default.
+/// Read buffer per client socket: 4 KiB (clients receive the bulk of the
+/// traffic), so that 20,000 client sockets cost 80 MB instead of the 2.5 GB
+/// of tungstenite's default.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Write buffer threshold per client socket (client frames are tiny).
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;

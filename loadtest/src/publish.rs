@@ -76,21 +76,7 @@ pub(crate) struct Outcome {
 impl Outcome {
     /// Adds another publisher's outcome.
     pub(crate) fn merge(&mut self, o: Outcome) {
-        let r = &mut self.report;
-        r.target_rate += o.report.target_rate;
-        r.attempted += o.report.attempted;
-        r.accepted += o.report.accepted;
-        r.failed += o.report.failed;
-        r.first_us = match (r.first_us, o.report.first_us) {
-            (0, b) => b,
-            (a, 0) => a,
-            (a, b) => a.min(b),
-        };
-        r.last_us = r.last_us.max(o.report.last_us);
-        r.max_lag_ms = r.max_lag_ms.max(o.report.max_lag_ms);
-        for (k, v) in o.report.errors {
-            *r.errors.entry(k).or_default() += v;
-        }
+        self.report.merge(&o.report);
         for (s, n) in o.accepted {
             *self.accepted.entry(s).or_default() += n;
         }

@@ -137,7 +137,8 @@ pub(crate) struct PublishReport {
 }
 
 impl PublishReport {
-    fn merge(&mut self, o: &PublishReport) {
+    /// Adds another publisher's or process's counts.
+    pub(crate) fn merge(&mut self, o: &PublishReport) {
         self.target_rate += o.target_rate;
         self.attempted += o.attempted;
         self.accepted += o.accepted;
@@ -559,6 +560,6 @@ mod tests {
             (l.p50 - 1.0).abs() < 0.01 && (l.p99 - 9.0).abs() < 0.01,
             "{l:?}"
         );
-        assert!(!a.summary().is_empty());
+        assert!(a.summary().contains("latency ms"), "{}", a.summary());
     }
 }

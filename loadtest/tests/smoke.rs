@@ -39,8 +39,8 @@ async fn idle_holds_connections_through_pings_and_measures_the_node() {
         "mixed",
         "--auth",
         "frame",
-        "--ping-every",
-        "700ms",
+        // No application pings: only answering the node's own pings keeps
+        // the connections open through the hold.
         "--duration",
         "30s",
     ])
@@ -52,7 +52,10 @@ async fn idle_holds_connections_through_pings_and_measures_the_node() {
     assert_eq!(server["connections"], 40, "{r}");
     assert!(server["rss_after_kib"].as_u64().unwrap() > 0, "{r}");
     assert!(server["hold_secs"].as_f64().unwrap() >= 3.0, "{r}");
-    assert!(server["cpu_percent"].as_f64().unwrap() >= 0.0, "{r}");
+    assert!(
+        server["cpu_percent"].is_f64(),
+        "CPU at rest is reported: {r}"
+    );
     assert!(run.stderr.contains("idle — complete"), "{}", run.stderr);
 }
 

@@ -2,8 +2,6 @@
 //! real `redis-server` for the cluster case, the real `fanout-floor` and
 //! `fanout-loadtest` binaries. Every address is loopback, every wait bounded.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;

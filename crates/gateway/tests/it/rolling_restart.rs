@@ -265,6 +265,11 @@ async fn a_rolling_restart_reconnects_every_client_within_5s_and_loses_nothing_w
             lives.len() >= 2,
             "client {i} was never moved by the restart: {lives:?}"
         );
+        assert_eq!(
+            lives.last().map(|l| l.close),
+            Some(None),
+            "client {i} was not connected when the test stopped: {lives:?}"
+        );
         // Closed by a draining node with 1012, and back within the bound.
         for pair in lives.windows(2) {
             let (before, after) = (&pair[0], &pair[1]);
