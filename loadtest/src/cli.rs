@@ -142,7 +142,7 @@ pub struct Common {
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub duration: Duration,
     /// Connection attempts in flight at once (per process). Kept under the
-    /// node's listen backlog (128 by default on Linux): a burst beyond it
+    /// node's listen backlog (4096, capped by `net.core.somaxconn`): a burst beyond it
     /// overflows the accept queue and each dropped SYN costs a 1 s retransmit.
     #[arg(long, default_value_t = 100)]
     pub connect_concurrency: usize,

@@ -483,7 +483,8 @@ mod tests {
     /// An idle connection's memory is mostly its read buffer and this task.
     /// The handshake and per-frame handling are boxed so the task stays
     /// small; this keeps a refactor from quietly inlining them again (the
-    /// task was 3.3 KiB before the split, ~1.3 KiB after).
+    /// spawned task was 3,352 B before the split and 1,496 B after, release
+    /// build; this future alone over a duplex stream is ~1.2 KiB).
     #[tokio::test]
     async fn the_long_lived_session_task_stays_small() {
         let hub = Hub::new();
