@@ -16,10 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::{Conn, ConnEnd, ConnSpec, RunCtx};
-use crate::report::ConnectReport;
-
-/// Error kinds kept per report; past this, errors are counted under "other".
-const MAX_ERROR_KINDS: usize = 16;
+use crate::report::{ConnectReport, count_error};
 
 /// How fast and how wide to open.
 #[derive(Debug, Clone, Copy)]
@@ -39,15 +36,6 @@ pub(crate) struct Pool {
     /// Per spec (in the order given): whether it opened. Loss is owed only
     /// by connections that opened.
     pub(crate) opened: Vec<bool>,
-}
-
-/// Adds one error to a bounded map of error kinds.
-pub(crate) fn count_error(map: &mut BTreeMap<String, u64>, err: String) {
-    if map.len() >= MAX_ERROR_KINDS && !map.contains_key(&err) {
-        *map.entry("other".into()).or_default() += 1;
-    } else {
-        *map.entry(err).or_default() += 1;
-    }
 }
 
 impl Pool {

@@ -17,6 +17,9 @@ use crate::latency::{self, LatencySummary};
 /// Most error strings kept in a report.
 const MAX_ERRORS: usize = 20;
 
+/// Error kinds kept per report; past this, errors are counted under "other".
+const MAX_ERROR_KINDS: usize = 16;
+
 /// One run's result. Field meanings are documented in loadtest/README.md.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Report {
@@ -91,7 +94,7 @@ impl ConnectReport {
             Ok(()) => self.connected += 1,
             Err(e) => {
                 self.failed += 1;
-                crate::pool::count_error(&mut self.errors, e);
+                count_error(&mut self.errors, e);
             }
         }
     }
@@ -283,6 +286,15 @@ impl ChurnReport {
         self.dropped += o.dropped;
         self.received += o.received;
         sum_maps(&mut self.errors, &o.errors);
+    }
+}
+
+/// Adds one error to a bounded map of error kinds.
+pub(crate) fn count_error(map: &mut BTreeMap<String, u64>, err: String) {
+    if map.len() >= MAX_ERROR_KINDS && !map.contains_key(&err) {
+        *map.entry("other".into()).or_default() += 1;
+    } else {
+        *map.entry(err).or_default() += 1;
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
-/// The claims of PROTOCOL.md §2 that the generator uses.
+/// The claims of docs/protocol.md §2 that the generator uses.
 #[derive(Serialize)]
 struct Claims<'a> {
     sub: &'a str,

@@ -76,18 +76,19 @@ fn hub_deliver(c: &mut Criterion) {
         let mut conns = Vec::with_capacity(members);
         for i in 0..members {
             let id = hub.next_conn_id();
-            let conn = Arc::new(ConnHandle {
+            let codec = if i % 4 == 0 {
+                Codec::MsgPack
+            } else {
+                Codec::Json
+            };
+            let conn = Arc::new(ConnHandle::new(
                 id,
-                public_id: id.to_string(),
-                tenant: name("acme"),
-                user: name(&format!("u{i}")),
-                codec: if i % 4 == 0 {
-                    Codec::MsgPack
-                } else {
-                    Codec::Json
-                },
-                queue: SendQueue::new(1 << 20, 1 << 30),
-            });
+                id.to_string(),
+                name("acme"),
+                name(&format!("u{i}")),
+                codec,
+                SendQueue::new(1 << 20, 1 << 30),
+            ));
             hub.try_insert(conn.clone(), ConnLimits::default()).unwrap();
             hub.join(&conn, &name("lobby"), false);
             conns.push(conn);

@@ -9,6 +9,8 @@ mod api_key;
 mod grant;
 mod jwt;
 
-pub use api_key::{ApiKeyScope, ApiKeys};
-pub use grant::Grant;
-pub use jwt::{AuthError, DevTokenRequest, TokenVerifier, mint_hs256};
+pub use self::api_key::{ApiKeyScope, ApiKeys};
+pub use self::grant::Grant;
+pub use self::jwt::{
+    AuthError, DevTokenRequest, KeyError, TokenVerifier, VerifierError, mint_hs256,
+};

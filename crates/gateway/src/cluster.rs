@@ -14,30 +14,17 @@
 //! centrifuge's Broker/PresenceManager split).
 
 pub mod embedded;
+mod error;
 pub mod redis;
+
+pub use self::error::{AdmitError, BusError, NotReady};
 
 use async_trait::async_trait;
 use fanout_protocol::api::ClusterStats;
 use fanout_protocol::{Name, PresenceMember};
 
-use crate::hub::{ConnHandle, ConnLimits, Joined, Left, LimitExceeded};
+use crate::hub::{ConnHandle, ConnLimits, Joined, Left};
 use crate::message::Broadcast;
-
-/// The bus cannot serve a request now (e.g. Redis unreachable); callers answer 503.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("cluster bus unavailable: {0}")]
-pub struct BusError(pub String);
-
-/// Why a connection was not admitted cluster-wide.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AdmitError {
-    /// A user or tenant limit is reached.
-    #[error(transparent)]
-    Limit(#[from] LimitExceeded),
-    /// The bus is unavailable.
-    #[error(transparent)]
-    Unavailable(#[from] BusError),
-}
 
 /// Cross-node operations of a node. Implementations must be cheap to call
 /// concurrently from every session and HTTP handler.
@@ -47,7 +34,7 @@ pub trait Bus: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
     /// `Ok` when the bus can carry traffic, else why not (shown by `/readyz`).
-    fn readiness(&self) -> Result<(), String>;
+    fn readiness(&self) -> Result<(), NotReady>;
 
     /// Admits a connection the hub has already admitted locally, enforcing
     /// the limits across the cluster and registering it.

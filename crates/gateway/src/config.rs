@@ -14,6 +14,7 @@
 //! Service named `fanout` (`FANOUT_PORT`, `FANOUT_SERVICE_HOST`) are not
 //! mistaken for configuration.
 
+mod error;
 mod sections;
 mod validate;
 
@@ -22,12 +23,13 @@ use std::path::Path;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 
-pub use sections::EXAMPLE_CONFIG;
-pub use sections::{
+pub use self::error::ConfigError;
+pub use self::sections::EXAMPLE_CONFIG;
+pub use self::sections::{
     ApiKeyConfig, AuthConfig, Config, JwtAlgorithm, KeyConfig, Limits, LogConfig, LogFormat,
     RedisConfig, SessionConfig, ShutdownConfig, TlsConfig,
 };
-pub use validate::{DEV_API_KEY, DEV_SECRET};
+pub use self::validate::{DEV_API_KEY, DEV_SECRET};
 
 /// The top-level keys that environment overrides may set.
 const ENV_SECTIONS: &[&str] = &[
@@ -43,22 +45,6 @@ const ENV_SECTIONS: &[&str] = &[
     "redis",
     "tls",
 ];
-
-/// A configuration that could not be loaded or is invalid.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A source could not be read or parsed, or a key has the wrong type.
-    #[error("invalid configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
-    /// The configuration parsed but a value is not acceptable.
-    #[error("invalid configuration: `{field}`: {reason}")]
-    Invalid {
-        /// Dotted path of the offending key.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
 
 impl Config {
     /// Loads defaults, then `path` (if given), then `FANOUT_*` variables, and validates.

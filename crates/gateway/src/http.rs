@@ -16,7 +16,7 @@ mod ws;
 use axum::Router;
 use axum::routing::{get, post};
 
-pub use error::ApiError;
+pub use self::error::ApiError;
 
 use crate::node::Node;
 

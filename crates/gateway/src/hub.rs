@@ -30,9 +30,10 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use fanout_protocol::{CloseCode, Name, PresenceMember};
 
-pub use conn::{ConnHandle, ConnId};
-use queue::PushError;
+pub use self::conn::ConnHandle;
+use self::queue::PushError;
 
+pub use crate::message::ConnId;
 use crate::message::{Audience, Broadcast, Recipients};
 use crate::metrics as m;
 
@@ -140,7 +141,7 @@ impl Hub {
 
     /// A fresh node-local connection id.
     pub fn next_conn_id(&self) -> ConnId {
-        self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1
+        ConnId::new(self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     /// Adds a connection if the user and tenant are under their limits. The
@@ -193,7 +194,8 @@ impl Hub {
     }
 
     /// Removes a connection from the connection, user and tenant indexes.
-    /// Rooms are left first, by the session, so that leave events go out.
+    /// Rooms are left first (by [`crate::node::Node::release`]), so that
+    /// leave events go out.
     pub fn remove(&self, id: ConnId) -> Option<Arc<ConnHandle>> {
         let (_, conn) = self.inner.conns.remove(&id)?;
         let key = (conn.tenant.clone(), conn.user.clone());
@@ -214,12 +216,16 @@ impl Hub {
     }
 
     /// Subscribes `conn` to `room` (idempotent; a repeat updates `presence_events`).
+    ///
+    /// Lock order: the room's entry, then the connection's room set.
+    /// Delivery takes only the first, so it never waits on the second.
     pub fn join(&self, conn: &Arc<ConnHandle>, room: &Name, presence_events: bool) -> Joined {
         let mut entry = self
             .inner
             .rooms
             .entry((conn.tenant.clone(), room.clone()))
             .or_default();
+        let mut conn_rooms = conn.lock_rooms();
         if let Some(member) = entry.members.get_mut(&conn.id) {
             member.presence_events = presence_events;
             return Joined {
@@ -236,6 +242,7 @@ impl Hub {
                 presence_events,
             },
         );
+        conn_rooms.insert(room.clone());
         let count = entry.users.entry(conn.user.clone()).or_insert(0);
         *count += 1;
         Joined {
@@ -261,6 +268,7 @@ impl Hub {
         if r.members.remove(&conn.id).is_none() {
             return not_member;
         }
+        conn.lock_rooms().remove(room);
         let mut last_of_user = false;
         if let Some(count) = r.users.get_mut(&conn.user) {
             *count -= 1;
@@ -402,14 +410,14 @@ mod tests {
 
     fn conn(hub: &Hub, tenant: &str, user: &str) -> Arc<ConnHandle> {
         let id = hub.next_conn_id();
-        let c = Arc::new(ConnHandle {
+        let c = Arc::new(ConnHandle::new(
             id,
-            public_id: format!("n-{id}"),
-            tenant: name(tenant),
-            user: name(user),
-            codec: Codec::Json,
-            queue: SendQueue::new(8, 1 << 20),
-        });
+            format!("n-{id}"),
+            name(tenant),
+            name(user),
+            Codec::Json,
+            SendQueue::new(8, 1 << 20),
+        ));
         hub.try_insert(c.clone(), ConnLimits::default()).unwrap();
         c
     }
@@ -465,6 +473,26 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_knows_its_rooms_exactly_as_the_room_index_does() {
+        let hub = Hub::new();
+        let a = conn(&hub, "t", "alice");
+        hub.join(&a, &name("r1"), false);
+        hub.join(&a, &name("r2"), false);
+        hub.join(&a, &name("r2"), true);
+        let mut rooms = a.rooms();
+        rooms.sort();
+        assert_eq!(rooms, vec![name("r1"), name("r2")]);
+        assert_eq!(a.room_count(), 2);
+        assert!(a.is_in(&name("r1")));
+        hub.leave(&a, &name("r1"));
+        assert!(!a.is_in(&name("r1")));
+        assert_eq!(a.rooms(), vec![name("r2")]);
+        // Leaving a room it is not in changes nothing.
+        hub.leave(&a, &name("r1"));
+        assert_eq!(a.room_count(), 1);
+    }
+
+    #[test]
     fn limits_are_enforced_per_user_and_tenant() {
         let hub = Hub::new();
         let limits = ConnLimits {
@@ -473,14 +501,14 @@ mod tests {
         };
         let mk = |user: &str| {
             let id = hub.next_conn_id();
-            Arc::new(ConnHandle {
+            Arc::new(ConnHandle::new(
                 id,
-                public_id: id.to_string(),
-                tenant: name("t"),
-                user: name(user),
-                codec: Codec::Json,
-                queue: SendQueue::new(8, 1024),
-            })
+                id.to_string(),
+                name("t"),
+                name(user),
+                Codec::Json,
+                SendQueue::new(8, 1024),
+            ))
         };
         hub.try_insert(mk("a"), limits).unwrap();
         hub.try_insert(mk("a"), limits).unwrap();

@@ -24,6 +24,7 @@
 //! - [`telemetry`]: log setup.
 
 pub mod auth;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod http;
@@ -35,6 +36,6 @@ pub mod server;
 pub mod session;
 pub mod telemetry;
 
-pub use config::Config;
-pub use node::Node;
-pub use server::Server;
+pub use self::config::Config;
+pub use self::node::Node;
+pub use self::server::Server;

@@ -101,7 +101,7 @@ fn main() -> Result<()> {
         }
         Command::Run => {
             let config = Config::load(cli.config.as_deref())?;
-            telemetry::init(&config.log).map_err(anyhow::Error::msg)?;
+            telemetry::init(&config.log)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -128,7 +128,7 @@ async fn run(config: Config) -> Result<()> {
     let dev = config.is_dev_mode();
     let server = Server::bind(config).await?;
     let addr = server.local_addr();
-    info!(node = server.node().id(), %addr, tls = server.is_tls(), bus = server.node().bus().kind(), "listening");
+    info!(node = server.node().id(), %addr, tls = server.is_tls(), bus = server.node().bus_kind(), "listening");
     if dev {
         print_dev_banner(addr);
     }

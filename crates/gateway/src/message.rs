@@ -16,7 +16,30 @@ use fanout_protocol::codec::EncodeError;
 use fanout_protocol::{Codec, Encoded, Name, ServerFrame};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::hub::ConnId;
+/// Node-local connection number; unique for the life of the process.
+///
+/// It lives here, beside [`Broadcast`], because a broadcast names the
+/// connection it must skip (the publisher); the hub hands the numbers out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    /// The id numbered `n`.
+    pub const fn new(n: u64) -> Self {
+        Self(n)
+    }
+
+    /// Its number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// One server frame, encoded in every codec.
 #[derive(Debug, Clone)]

@@ -39,9 +39,15 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// Config could not be turned into running state (e.g. a key file).
+    /// The TLS certificate or key could not be loaded.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Tls(#[from] crate::http::tls::TlsError),
+    /// The Redis bus could not be built from `[redis]`.
+    #[error("invalid configuration: {0}")]
+    Redis(#[from] crate::cluster::redis::StartError),
+    /// A key could not be loaded.
+    #[error("invalid configuration: {0}")]
+    Node(#[from] crate::node::BuildError),
 }
 
 /// A bound, not yet serving node.
@@ -99,7 +105,7 @@ impl Server {
         let hub = Hub::new();
         // Certificate problems are reported before anything listens.
         let tls = match &config.tls {
-            Some(t) => Some(tls::acceptor(t).map_err(|e| StartError::Config(e.to_string()))?),
+            Some(t) => Some(tls::acceptor(t)?),
             None => None,
         };
         let listener = bind(config.listen).await?;
@@ -109,15 +115,12 @@ impl Server {
         };
         let id = config.node_id.clone().unwrap_or_else(generated_node_id);
         let bus: Arc<dyn Bus> = match &config.redis {
-            Some(redis) => Arc::new(
-                RedisBus::start(
-                    redis,
-                    &id,
-                    listener.local_addr().unwrap_or(config.listen),
-                    hub.clone(),
-                )
-                .map_err(StartError::Config)?,
-            ),
+            Some(redis) => Arc::new(RedisBus::start(
+                redis,
+                &id,
+                listener.local_addr().unwrap_or(config.listen),
+                hub.clone(),
+            )?),
             None => Arc::new(EmbeddedBus::new(hub.clone())),
         };
         let node = Node::new(
@@ -128,8 +131,7 @@ impl Server {
                 bus,
                 metrics: crate::metrics::install(),
             },
-        )
-        .map_err(StartError::Config)?;
+        )?;
         Ok(Self {
             node,
             listener,
@@ -216,7 +218,7 @@ impl Server {
             ops.abort();
         }
         // Deregistering needs Redis; without it (or time), entries expire by TTL.
-        if tokio::time::timeout_at(deadline, node.bus().shutdown())
+        if tokio::time::timeout_at(deadline, node.leave_cluster())
             .await
             .is_err()
         {
@@ -256,7 +258,7 @@ async fn drain(node: &Node, deadline: tokio::time::Instant) {
     node.begin_drain();
     let cfg = &node.config().shutdown;
     info!(
-        connections = node.hub().connection_count(),
+        connections = node.connection_count(),
         readiness_delay = ?cfg.readiness_delay,
         drain_window = ?cfg.drain_window,
         grace = ?cfg.grace,
@@ -277,7 +279,7 @@ async fn drain(node: &Node, deadline: tokio::time::Instant) {
         }
         if tokio::time::Instant::now() >= deadline {
             warn!(
-                left = node.hub().connection_count(),
+                left = node.connection_count(),
                 "grace period over; dropping remaining connections"
             );
             break;
@@ -291,7 +293,7 @@ const DRAIN_TICK: Duration = Duration::from_millis(100);
 
 /// Closes the connections open now with 1012, spread evenly over `window`.
 async fn close_in_batches(node: &Node, window: Duration, deadline: tokio::time::Instant) {
-    let conns = node.hub().connections();
+    let conns = node.connections();
     let ticks = (window.as_millis() / DRAIN_TICK.as_millis()).max(1) as usize;
     let batch = conns.len().div_ceil(ticks).max(1);
     let start = tokio::time::Instant::now();

@@ -8,11 +8,15 @@
 //!   one timer                           ──▶ server ping / idle close / token expiry
 //! ```
 //!
-//! Everything the session writes goes through its own bounded queue
-//! ([`crate::hub::queue`]), replies included, so the slow-consumer policy
-//! has one place and the writer batches whatever is pending into one flush.
-//! A close request (4009 overflow, 4001 disconnect-user, 1012 drain) arrives
-//! through the same queue, after the frames queued before it.
+//! Every *data* frame the session sends goes through its own bounded queue
+//! ([`crate::hub::queue`]), replies included, so what is kept for a
+//! connection is bounded in one place and the writer batches whatever is
+//! pending into one flush. A close request (4009 overflow, 4001
+//! disconnect-user, 1012 drain) arrives through the same queue, after the
+//! frames queued before it. Three writes bypass the queue, written by the
+//! loop itself: the server's WebSocket pings (on the timer), the pongs
+//! tungstenite queues in answer to client pings (flushed on read), and the
+//! final close frame.
 //!
 //! Timers: instead of three timers per connection there is one `Sleep`,
 //! reset only when the earliest of (next ping, idle deadline, token expiry)
@@ -23,12 +27,11 @@ mod handshake;
 mod rate;
 mod requests;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_protocol::{CloseCode, Codec, Name, ServerFrame};
+use fanout_protocol::{CloseCode, Codec, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -39,15 +42,16 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tracing::{Instrument, debug, info_span, warn};
 
+use self::handshake::{AuthOutcome, authenticate};
+use self::rate::TokenBucket;
 use crate::auth::Grant;
+use crate::clock::now_millis;
 use crate::cluster::AdmitError;
 use crate::hub::ConnHandle;
-use crate::hub::queue::{CloseRequest, Next, SendQueue};
+use crate::hub::queue::{CloseRequest, Next};
 use crate::message::to_message;
 use crate::metrics as m;
-use crate::node::{Node, now_millis};
-use handshake::{AuthOutcome, authenticate};
-use rate::TokenBucket;
+use crate::node::Node;
 
 /// What the upgrade handler learned before handing the socket over.
 #[derive(Debug, Clone)]
@@ -139,7 +143,7 @@ where
     Some(Session::new(node, ws, handle, grant))
 }
 
-/// Adds the connection to the hub and the cluster, or closes it with 4003 / 1013.
+/// Admits the connection through the node, or closes it with 4003 / 1013.
 async fn admit<S>(
     node: &Node,
     ws: &mut WebSocketStream<S>,
@@ -149,33 +153,15 @@ async fn admit<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let limits = &node.config().limits;
-    let id = node.hub().next_conn_id();
-    let handle = Arc::new(ConnHandle {
-        id,
-        public_id: format!("{}-{id}", node.id()),
-        tenant: grant.tenant.clone(),
-        user: grant.user.clone(),
-        codec,
-        queue: SendQueue::new(limits.send_queue_messages, limits.send_queue_bytes),
-    });
-    if let Err(limit) = node.hub().try_insert(handle.clone(), node.conn_limits()) {
-        close_socket(ws, CloseCode::LimitReached, &limit.to_string()).await;
-        return None;
-    }
-    match node.bus().register(&handle, node.conn_limits()).await {
-        Ok(()) => Some(handle),
-        Err(err) => {
-            node.hub().remove(handle.id);
-            match err {
-                AdmitError::Limit(limit) => {
-                    close_socket(ws, CloseCode::LimitReached, &limit.to_string()).await
-                }
-                AdmitError::Unavailable(e) => {
-                    warn!(error = %e, "connection refused: bus unavailable");
-                    close_raw(ws, 1013, "cluster unavailable, retry later").await;
-                }
-            }
+    match node.admit(grant, codec).await {
+        Ok(handle) => Some(handle),
+        Err(AdmitError::Limit(limit)) => {
+            close_socket(ws, CloseCode::LimitReached, &limit.to_string()).await;
+            None
+        }
+        Err(AdmitError::Unavailable(e)) => {
+            warn!(error = %e, cause = ?std::error::Error::source(&e), "connection refused: bus unavailable");
+            close_raw(ws, 1013, "cluster unavailable, retry later").await;
             None
         }
     }
@@ -220,20 +206,29 @@ enum Flow {
 }
 
 /// An authenticated, admitted connection.
+///
+/// Everything here is owned by the session's task alone; what other tasks
+/// reach (the send queue, the room set) is inside the shared [`ConnHandle`].
 struct Session<S> {
+    /// The node, for every domain call.
     node: Node,
+    /// The socket; only this task reads or writes it.
     ws: WebSocketStream<S>,
+    /// This connection as the hub and the bus know it.
     handle: Arc<ConnHandle>,
+    /// What the token allows; replaced by a successful `refresh`.
     grant: Grant,
-    /// Rooms this connection is subscribed to; the session owns this set.
-    rooms: HashSet<Name>,
+    /// Client publishes allowed per second (`limits.publish_rate`).
     publish_bucket: TokenBucket,
     /// Consecutive rate-limited publishes (→ 4008).
     rate_strikes: u32,
     /// Consecutive malformed frames (→ 4000).
     malformed_strikes: u32,
+    /// Last frame read from the client; the idle deadline counts from it.
     last_seen: Instant,
+    /// When the next server ping is due.
     next_ping: Instant,
+    /// When the token expires (→ 4001).
     expires: Instant,
 }
 
@@ -267,7 +262,6 @@ where
             ws,
             handle,
             grant,
-            rooms: HashSet::new(),
             rate_strikes: 0,
             malformed_strikes: 0,
             last_seen: now,
@@ -460,11 +454,7 @@ where
 
     /// Leaves every room (with leave events) and removes the connection.
     async fn cleanup(&mut self) {
-        for room in std::mem::take(&mut self.rooms) {
-            self.leave_room(&room).await;
-        }
-        self.node.hub().remove(self.handle.id);
-        self.node.bus().unregister(&self.handle).await;
+        self.node.release(&self.handle).await;
     }
 }
 

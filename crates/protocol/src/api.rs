@@ -1,4 +1,4 @@
-//! Bodies of the backend HTTP API (PROTOCOL.md §5).
+//! Bodies of the backend HTTP API (docs/protocol.md §5).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

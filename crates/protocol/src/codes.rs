@@ -1,4 +1,4 @@
-//! Error codes (in `error` frames) and WebSocket close codes (PROTOCOL.md §4).
+//! Error codes (in `error` frames) and WebSocket close codes (docs/protocol.md §4).
 
 /// The integer `code` of an `error` frame. Mirrors the HTTP status of the same
 /// meaning so that backend and client developers learn one table.

@@ -1,6 +1,6 @@
 //! Name validation for tenants, users, rooms and events.
 //!
-//! The contract (PROTOCOL.md §1) allows `^[A-Za-z0-9_.:@\-]{1,128}$` and says
+//! The contract (docs/protocol.md §1) allows `^[A-Za-z0-9_.:@\-]{1,128}$` and says
 //! anything else is rejected, never truncated or mangled. The check is a byte
 //! scan rather than a regex: it runs on every publish and subscribe, and a
 //! regex engine would be a dependency for a one-line character class.

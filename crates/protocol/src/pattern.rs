@@ -1,7 +1,7 @@
 //! Room patterns from token claims (`rooms`, `publish`).
 //!
 //! A pattern matches the *whole* room name; `*` matches any run of
-//! characters, `:` included (PROTOCOL.md §2). Matching is the classic greedy
+//! characters, `:` included (docs/protocol.md §2). Matching is the classic greedy
 //! wildcard algorithm with a single backtrack point, linear in practice and
 //! never exponential, so a hostile token cannot make authorization slow.
 

@@ -16,9 +16,8 @@ use super::fanout::{check_load, subscribe};
 use super::{CLOSE_WAIT, Ctx, fill_delivery, fill_ends};
 use crate::cli::ChurnArgs;
 use crate::conn::{Conn, ConnEnd, ConnSpec, RunCtx};
-use crate::pool::count_error;
 use crate::publish::{Address, Route};
-use crate::report::{ChurnReport, Report};
+use crate::report::{ChurnReport, Report, count_error};
 use crate::tally::{Expect, Tally};
 
 pub(super) async fn run(ctx: &mut Ctx, a: &ChurnArgs, report: &mut Report) -> anyhow::Result<()> {

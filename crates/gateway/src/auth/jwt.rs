@@ -17,7 +17,7 @@ use fanout_protocol::{Name, RoomPattern};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::Grant;
+use super::grant::Grant;
 use crate::config::{AuthConfig, DEV_SECRET, JwtAlgorithm, KeyConfig};
 
 /// Why a token was refused. Sent as the reason of close 4001 (short, no secrets).
@@ -98,34 +98,74 @@ struct TenantOnly {
     tenant: Option<String>,
 }
 
-fn load_key(key: &KeyConfig, leeway: u64) -> Result<VerifyKey, String> {
+/// Why a configured verification key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// RS256/ES256 without `public_key_file`.
+    #[error("public_key_file is not set")]
+    NoPublicKeyFile,
+    /// HS256 without `secret`.
+    #[error("HS256 needs `secret`")]
+    NoSecret,
+    /// The key file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a PEM public key of the key's algorithm.
+    #[error("bad {kind} public key: {source}")]
+    BadKey {
+        /// `RSA` or `EC`.
+        kind: &'static str,
+        /// The parser's error.
+        source: jsonwebtoken::errors::Error,
+    },
+}
+
+/// A key error with the config field it belongs to (`auth`, `auth.tenants.<t>`).
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {source}")]
+pub struct VerifierError {
+    /// The config field.
+    pub field: String,
+    /// What is wrong with it.
+    pub source: KeyError,
+}
+
+fn load_key(key: &KeyConfig, leeway: u64) -> Result<VerifyKey, KeyError> {
     let alg = key.algorithm.unwrap_or(if key.secret.is_some() {
         JwtAlgorithm::HS256
     } else {
         JwtAlgorithm::RS256
     });
-    let pem = |k: &KeyConfig| -> Result<Vec<u8>, String> {
+    let pem = |k: &KeyConfig| -> Result<Vec<u8>, KeyError> {
         let path = k
             .public_key_file
             .as_ref()
-            .ok_or("public_key_file is not set")?;
-        fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .ok_or(KeyError::NoPublicKeyFile)?;
+        fs::read(path).map_err(|source| KeyError::Read {
+            path: path.clone(),
+            source,
+        })
     };
+    let bad = |kind| move |source| KeyError::BadKey { kind, source };
     let (decoding, algorithm) = match alg {
         JwtAlgorithm::HS256 => {
-            let secret = key.secret.as_deref().ok_or("HS256 needs `secret`")?;
+            let secret = key.secret.as_deref().ok_or(KeyError::NoSecret)?;
             (
                 DecodingKey::from_secret(secret.as_bytes()),
                 Algorithm::HS256,
             )
         }
         JwtAlgorithm::RS256 => (
-            DecodingKey::from_rsa_pem(&pem(key)?)
-                .map_err(|e| format!("bad RSA public key: {e}"))?,
+            DecodingKey::from_rsa_pem(&pem(key)?).map_err(bad("RSA"))?,
             Algorithm::RS256,
         ),
         JwtAlgorithm::ES256 => (
-            DecodingKey::from_ec_pem(&pem(key)?).map_err(|e| format!("bad EC public key: {e}"))?,
+            DecodingKey::from_ec_pem(&pem(key)?).map_err(bad("EC"))?,
             Algorithm::ES256,
         ),
     };
@@ -142,7 +182,7 @@ fn load_key(key: &KeyConfig, leeway: u64) -> Result<VerifyKey, String> {
 impl TokenVerifier {
     /// Builds the verifier from config; in development mode the default key
     /// is the dev secret. Errors name the config field.
-    pub fn new(auth: &AuthConfig, dev_mode: bool) -> Result<Self, String> {
+    pub fn new(auth: &AuthConfig, dev_mode: bool) -> Result<Self, VerifierError> {
         let leeway = auth.leeway.as_secs();
         let default_key = if dev_mode {
             KeyConfig {
@@ -154,14 +194,21 @@ impl TokenVerifier {
             auth.default_key()
         };
         let default = if default_key.is_set() {
-            Some(load_key(&default_key, leeway).map_err(|e| format!("auth: {e}"))?)
+            Some(
+                load_key(&default_key, leeway).map_err(|source| VerifierError {
+                    field: "auth".into(),
+                    source,
+                })?,
+            )
         } else {
             None
         };
         let mut tenants = HashMap::new();
         for (tenant, key) in &auth.tenants {
-            let loaded =
-                load_key(key, leeway).map_err(|e| format!("auth.tenants.{tenant}: {e}"))?;
+            let loaded = load_key(key, leeway).map_err(|source| VerifierError {
+                field: format!("auth.tenants.{tenant}"),
+                source,
+            })?;
             tenants.insert(tenant.clone(), loaded);
         }
         Ok(Self { default, tenants })

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use fanout_protocol::api::{ClusterStats, Counts};
 use fanout_protocol::{Name, PresenceMember};
 
-use super::{AdmitError, Bus, BusError};
+use super::{AdmitError, Bus, BusError, NotReady};
 use crate::hub::{ConnHandle, ConnLimits, Hub, Joined, Left};
 use crate::message::Broadcast;
 
@@ -31,7 +31,7 @@ impl Bus for EmbeddedBus {
         "embedded"
     }
 
-    fn readiness(&self) -> Result<(), String> {
+    fn readiness(&self) -> Result<(), NotReady> {
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Checks that go beyond types: ranges, combinations, files that must exist.
 
-use super::{Config, ConfigError, JwtAlgorithm, KeyConfig};
+use super::error::ConfigError;
+use super::sections::{Config, JwtAlgorithm, KeyConfig, RedisConfig};
 
 /// HS256 secret of development mode. Public on purpose: development mode only
 /// listens on loopback, and `fanout token` must mint tokens the node accepts.
@@ -201,7 +202,7 @@ fn check_key(field: &'static str, key: &KeyConfig, must_be_set: bool) -> Result<
     Ok(())
 }
 
-fn validate_redis(r: &super::RedisConfig) -> Result<(), ConfigError> {
+fn validate_redis(r: &RedisConfig) -> Result<(), ConfigError> {
     if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
         return Err(invalid("redis.url", "must be a redis:// or rediss:// URL"));
     }

@@ -15,7 +15,7 @@ use crate::node::{Node, NodeError, Publish, PublishSource};
 
 fn node_ready(node: &Node) -> Result<(), ApiError> {
     if node.is_draining() {
-        return Err(ApiError::Draining);
+        return Err(NodeError::Draining.into());
     }
     Ok(())
 }

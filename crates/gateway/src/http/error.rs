@@ -1,4 +1,8 @@
 //! The one error type of the HTTP API and its mapping to status and body.
+//!
+//! Domain errors ([`NodeError`]) are mapped to a status and a JSON `code`
+//! here and nowhere else; the WebSocket side maps the same errors to frame
+//! codes in `NodeError::code`.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -42,9 +46,6 @@ pub enum ApiError {
     /// The route exists but not with this method.
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
-    /// The node is draining.
-    #[error("node is draining; retry on another node")]
-    Draining,
 }
 
 impl ApiError {
@@ -59,12 +60,14 @@ impl ApiError {
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             ApiError::Node(e) | ApiError::BatchEntry { source: e, .. } => match e {
                 NodeError::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
                 NodeError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-                NodeError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-                NodeError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+                NodeError::Forbidden(_) | NodeError::RoomLimit { .. } => {
+                    (StatusCode::FORBIDDEN, "forbidden")
+                }
+                NodeError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+                NodeError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
                 NodeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
                 NodeError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },

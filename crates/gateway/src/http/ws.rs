@@ -25,7 +25,7 @@ use tracing::debug;
 
 use super::ApiError;
 use super::extract::bearer;
-use crate::node::Node;
+use crate::node::{Node, NodeError};
 use crate::session::{self, Upgrade};
 
 /// Read buffer per socket, allocated up front by tungstenite and held for the
@@ -81,7 +81,7 @@ pub(crate) async fn upgrade(
     mut req: Request,
 ) -> Response {
     if node.is_draining() {
-        return ApiError::Draining.into_response();
+        return ApiError::from(NodeError::Draining).into_response();
     }
     let headers = req.headers();
     if !header_has_token(headers, UPGRADE, "websocket")

@@ -1,14 +1,16 @@
 //! The handle through which the hub reaches one connection.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
 use fanout_protocol::{Codec, Name};
 
 use super::queue::SendQueue;
-
-/// Node-local connection number; unique for the life of the process.
-pub type ConnId = u64;
+use crate::message::ConnId;
 
 /// What the hub (and the bus) know of a connection: who it is, how it
-/// speaks, and its send queue. Shared as `Arc<ConnHandle>` by every index.
+/// speaks, its send queue, and the rooms it is in. Shared as
+/// `Arc<ConnHandle>` by every index of the hub.
 #[derive(Debug)]
 pub struct ConnHandle {
     /// Node-local id.
@@ -23,4 +25,54 @@ pub struct ConnHandle {
     pub codec: Codec,
     /// Bounded outbound queue; also carries close requests.
     pub queue: SendQueue,
+    /// The rooms this connection is a member of: the reverse of the hub's
+    /// room index, kept here so that a room limit check and a disconnect
+    /// need no scan. Written only by [`super::Hub::join`] and
+    /// [`super::Hub::leave`], while they hold the room's entry lock, so the
+    /// two directions never disagree. (The session used to keep its own
+    /// copy; there is now one owner, the hub.)
+    rooms: Mutex<HashSet<Name>>,
+}
+
+impl ConnHandle {
+    /// A connection in no room yet.
+    pub fn new(
+        id: ConnId,
+        public_id: String,
+        tenant: Name,
+        user: Name,
+        codec: Codec,
+        queue: SendQueue,
+    ) -> Self {
+        Self {
+            id,
+            public_id,
+            tenant,
+            user,
+            codec,
+            queue,
+            rooms: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The rooms this connection is in, at this instant.
+    pub fn rooms(&self) -> Vec<Name> {
+        self.lock_rooms().iter().cloned().collect()
+    }
+
+    /// How many rooms this connection is in.
+    pub fn room_count(&self) -> usize {
+        self.lock_rooms().len()
+    }
+
+    /// Whether this connection is in `room`.
+    pub fn is_in(&self, room: &Name) -> bool {
+        self.lock_rooms().contains(room)
+    }
+
+    /// The room set; a poisoned lock still holds a consistent set (every
+    /// update is one insert or remove).
+    pub(super) fn lock_rooms(&self) -> std::sync::MutexGuard<'_, HashSet<Name>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }

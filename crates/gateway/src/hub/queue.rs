@@ -1,5 +1,12 @@
-//! A connection's send queue, bounded by frames and bytes. The slow-consumer
-//! policy of the whole node lives here, in [`SendQueue::push`].
+//! A connection's send queue, bounded by frames and bytes.
+//!
+//! A slow consumer is detected in two places, and both close it with 4009:
+//! here, when a push would exceed either bound ([`SendQueue::push`] marks
+//! the queue closing, so every later push is refused at once), and in the
+//! session, when one write to the socket takes longer than
+//! `session.write_timeout` (a peer that stopped reading with the queue not
+//! yet full). The queue is the one place that decides what is *kept* for a
+//! connection; the session only decides how long a write may block.
 //!
 //! Why not a `tokio::sync::mpsc` channel: a bounded channel allocates a block
 //! of 32 slots up front, about 2.5 KiB with tungstenite's `Message`, for

@@ -1,9 +1,17 @@
-//! The one error type of domain operations, mapped to an `error` frame code
-//! by sessions and to an HTTP status by the API.
+//! The errors of domain operations, and the one place where they become
+//! wire codes.
+//!
+//! Every failure a client or backend can be told about is a [`NodeError`];
+//! [`NodeError::code`] maps it to the `error` frame code of the WebSocket
+//! protocol, and `http::error` maps it to a status and a JSON code (the two
+//! contracts have different code lists; each mapping is one `match`). Bus
+//! errors arrive typed ([`BusError`]) and all mean "unavailable, retry";
+//! a draining node says so itself rather than blaming the bus.
 
 use fanout_protocol::{ErrorCode, NameError};
 
-use crate::cluster::BusError;
+use crate::auth::VerifierError;
+use crate::cluster::{BusError, NotReady};
 
 /// Why a domain operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -17,9 +25,23 @@ pub enum NodeError {
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// The connection is already in `max_rooms_per_connection` rooms.
+    #[error("room limit reached: at most {max} rooms per connection")]
+    RoomLimit {
+        /// The configured limit.
+        max: usize,
+    },
     /// The message is larger than allowed.
-    #[error("{0}")]
-    TooLarge(String),
+    #[error("message is {size} bytes encoded; at most {max} are allowed")]
+    TooLarge {
+        /// Encoded size (JSON).
+        size: usize,
+        /// `limits.max_message_bytes`.
+        max: usize,
+    },
+    /// The node is draining; the caller should go to another node.
+    #[error("node is draining; retry on another node")]
+    Draining,
     /// The cluster cannot take it now.
     #[error(transparent)]
     Unavailable(#[from] BusError),
@@ -33,9 +55,33 @@ impl NodeError {
     pub fn code(&self) -> ErrorCode {
         match self {
             NodeError::InvalidName(_) | NodeError::BadRequest(_) => ErrorCode::BadRequest,
-            NodeError::Forbidden(_) => ErrorCode::Forbidden,
-            NodeError::TooLarge(_) => ErrorCode::TooLarge,
-            NodeError::Unavailable(_) | NodeError::Internal(_) => ErrorCode::Unavailable,
+            NodeError::Forbidden(_) | NodeError::RoomLimit { .. } => ErrorCode::Forbidden,
+            NodeError::TooLarge { .. } => ErrorCode::TooLarge,
+            NodeError::Draining | NodeError::Unavailable(_) | NodeError::Internal(_) => {
+                ErrorCode::Unavailable
+            }
         }
     }
+}
+
+/// Why a node is not ready (`/readyz`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unready {
+    /// The node is draining.
+    #[error("draining")]
+    Draining,
+    /// The bus cannot carry traffic.
+    #[error(transparent)]
+    Bus(#[from] NotReady),
+}
+
+/// Why the node could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A token verification key could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] VerifierError),
+    /// An API key's tenant is not a valid name.
+    #[error("api_keys: {0}")]
+    ApiKeys(#[source] NameError),
 }

@@ -1,25 +1,21 @@
 //! Publishing: validate, encode once, hand to the bus, deliver locally.
+//!
+//! A batch is two calls: [`Node::prepare`] every entry (validation and
+//! encoding, where a batch can still be refused whole), then [`Node::send`]
+//! each in order.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use fanout_protocol::api::PublishRequest;
 use fanout_protocol::{MessageFrame, Name, Scope, ServerFrame};
 use serde_json::Value;
 
-use super::{Node, NodeError};
-use crate::cluster::BusError;
-use crate::hub::ConnId;
-use crate::message::{Audience, Broadcast, EncodedFrame, Recipients};
+use super::error::NodeError;
+use super::state::Node;
+use crate::clock::now_millis;
+use crate::message::{Audience, Broadcast, ConnId, EncodedFrame, Recipients};
 use crate::metrics as m;
-
-/// Milliseconds since the epoch.
-pub fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Where a publish came from (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,10 +111,10 @@ impl Node {
             EncodedFrame::encode(&frame).map_err(|e| NodeError::Internal(e.to_string()))?;
         let max = self.config().limits.max_message_bytes;
         if encoded.json_len() > max {
-            return Err(NodeError::TooLarge(format!(
-                "message is {} bytes encoded; at most {max} are allowed",
-                encoded.json_len()
-            )));
+            return Err(NodeError::TooLarge {
+                size: encoded.json_len(),
+                max,
+            });
         }
         Ok(Prepared {
             scope,
@@ -142,10 +138,10 @@ impl Node {
         source: PublishSource,
     ) -> Result<String, NodeError> {
         if self.is_draining() {
-            return Err(NodeError::Unavailable(BusError("node is draining".into())));
+            return Err(NodeError::Draining);
         }
-        self.bus().publish(&prepared.broadcast).await?;
-        if self.hub().deliver(&prepared.broadcast).queued > 0 {
+        self.inner.bus.publish(&prepared.broadcast).await?;
+        if self.inner.hub.deliver(&prepared.broadcast).queued > 0 {
             m::routed("local", 1);
         }
         let source = match source {
@@ -165,52 +161,4 @@ impl Node {
         let prepared = self.prepare(publish)?;
         self.send(prepared, source).await
     }
-
-    /// Sends a presence event (`join`/`leave`) to the room's presence watchers,
-    /// except the connection that caused it.
-    pub async fn presence_event(&self, event: PresenceEvent<'_>) {
-        let (room, user) = (event.room.as_str(), event.user.as_str());
-        let frame = if event.joined {
-            ServerFrame::Join { room, user }
-        } else {
-            ServerFrame::Leave { room, user }
-        };
-        let encoded = match EncodedFrame::encode(&frame) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(error = %e, "encoding a presence event failed");
-                return;
-            }
-        };
-        let broadcast = Broadcast {
-            tenant: event.tenant.clone(),
-            audience: Audience::Room(event.room.clone()),
-            recipients: Recipients::PresenceWatchers,
-            exclude: Some(event.cause),
-            frame: Arc::new(encoded),
-            accepted_at: Instant::now(),
-            ts: now_millis(),
-            id: Arc::from(""),
-        };
-        if let Err(e) = self.bus().publish(&broadcast).await {
-            tracing::warn!(error = %e, "presence event not sent to other nodes");
-            m::dropped("bus_unavailable");
-        }
-        self.hub().deliver(&broadcast);
-    }
-}
-
-/// A user joined or left a room.
-#[derive(Debug, Clone, Copy)]
-pub struct PresenceEvent<'a> {
-    /// Tenant.
-    pub tenant: &'a Name,
-    /// Room.
-    pub room: &'a Name,
-    /// User.
-    pub user: &'a Name,
-    /// True for `join`, false for `leave`.
-    pub joined: bool,
-    /// The connection whose join or leave caused it (not told about itself).
-    pub cause: ConnId,
 }

@@ -1,4 +1,6 @@
-//! The first phase of a session: authenticate, then be admitted.
+//! The first phase of a session: authentication, up to a verified
+//! [`Grant`]. (Admission — connection limits and registration — is the next
+//! step, [`crate::node::Node::admit`], called by the session.)
 //!
 //! A token comes from the upgrade's `Authorization: Bearer` header or, for
 //! browsers that cannot set headers, from a first `auth` frame within

@@ -5,12 +5,11 @@ use std::time::Instant;
 use fanout_protocol::frames::RequestId;
 use fanout_protocol::{ClientFrame, CloseCode, ErrorCode, FrameError, Name, ServerFrame};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::debug;
 
 use super::{Flow, Session, expiry_instant};
 use crate::message::Audience;
 use crate::metrics as m;
-use crate::node::{NodeError, PresenceEvent, Publish, PublishSource};
+use crate::node::{JoinOptions, NodeError, Publish, PublishSource};
 
 fn frame_label(frame: &ClientFrame) -> &'static str {
     match frame {
@@ -102,9 +101,7 @@ where
                 Flow::Continue
             }
             ClientFrame::Unsubscribe { id, room } => {
-                if self.rooms.remove(&room) {
-                    self.leave_room(&room).await;
-                }
+                self.node.leave(&self.handle, &room).await;
                 self.ack(id);
                 Flow::Continue
             }
@@ -153,63 +150,13 @@ where
             );
             return;
         }
-        let max = self.node.config().limits.max_rooms_per_connection;
-        if !self.rooms.contains(&room) && self.rooms.len() >= max {
-            self.refuse(
-                id,
-                ErrorCode::Forbidden,
-                format!("room limit reached: at most {max} rooms per connection"),
-            );
-            return;
-        }
-        let joined = self.node.hub().join(&self.handle, &room, presence_events);
-        if !joined.new_member {
-            self.ack(id);
-            return;
-        }
-        match self.node.bus().joined(&self.handle, &room, joined).await {
-            Ok(user_joined) => {
-                self.rooms.insert(room.clone());
-                self.ack(id);
-                if user_joined {
-                    self.node
-                        .presence_event(PresenceEvent {
-                            tenant: &self.grant.tenant,
-                            room: &room,
-                            user: &self.grant.user,
-                            joined: true,
-                            cause: self.handle.id,
-                        })
-                        .await;
-                }
-            }
-            Err(e) => {
-                self.node.hub().leave(&self.handle, &room);
-                self.node_error(id, &NodeError::Unavailable(e));
-            }
-        }
-    }
-
-    /// Leaves `room` in the hub and the cluster and sends a leave event if due.
-    pub(super) async fn leave_room(&mut self, room: &Name) {
-        let left = self.node.hub().leave(&self.handle, room);
-        if !left.was_member {
-            return;
-        }
-        match self.node.bus().left(&self.handle, room, left).await {
-            Ok(true) => {
-                self.node
-                    .presence_event(PresenceEvent {
-                        tenant: &self.grant.tenant,
-                        room,
-                        user: &self.grant.user,
-                        joined: false,
-                        cause: self.handle.id,
-                    })
-                    .await;
-            }
-            Ok(false) => {}
-            Err(e) => debug!(error = %e, "leave not recorded in the cluster; it expires by TTL"),
+        match self
+            .node
+            .join(&self.handle, &room, JoinOptions { presence_events })
+            .await
+        {
+            Ok(()) => self.ack(id),
+            Err(e) => self.node_error(id, &e),
         }
     }
 

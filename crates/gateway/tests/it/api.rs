@@ -1,4 +1,4 @@
-//! The backend HTTP API (PROTOCOL.md §5) over real HTTP, checked at the sockets.
+//! The backend HTTP API (docs/protocol.md §5) over real HTTP, checked at the sockets.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Authentication (PROTOCOL.md §2): Bearer header and first-frame `auth`,
+//! Authentication (docs/protocol.md §2): Bearer header and first-frame `auth`,
 //! HS256 / RS256 / ES256, per-tenant keys, refused tokens (always after a
 //! completed handshake, with close 4001), expiry while connected and `refresh`.
 

@@ -1,4 +1,4 @@
-//! Tenant isolation (PROTOCOL.md §1): two tenants with equal room and user
+//! Tenant isolation (docs/protocol.md §1): two tenants with equal room and user
 //! names never see each other's messages, presence or disconnects.
 //!
 //! Every test first proves the intended recipient got its frame; by then the

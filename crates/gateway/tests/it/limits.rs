@@ -1,4 +1,4 @@
-//! Limits that protect the node and other clients (PROTOCOL.md §3, §4):
+//! Limits that protect the node and other clients (docs/protocol.md §3, §4):
 //! frame size, rooms per connection, connections per user and tenant,
 //! publish rate, malformed frames, invalid names, and hostile input.
 
@@ -44,7 +44,7 @@ async fn disconnect(server: &TestServer, mut c: Client, remaining: usize) {
     c.ws.close(None).await.unwrap();
     while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, c.ws.next()).await {}
     let deadline = Instant::now() + WAIT;
-    while server.node.hub().connection_count() != remaining {
+    while server.node.connection_count() != remaining {
         assert!(Instant::now() < deadline, "connection not released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -1,4 +1,4 @@
-//! Operational endpoints and the drain (PROTOCOL.md §4 close 1012, §5 ops).
+//! Operational endpoints and the drain (docs/protocol.md §4 close 1012, §5 ops).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -295,4 +295,45 @@ async fn drain_waits_the_readiness_delay_then_closes_clients_spread_over_the_win
         .expect("node stops within shutdown.grace")
         .expect("run task")
         .expect("run result");
+}
+
+/// While a draining node still serves its clients (the readiness delay), a
+/// publish is refused as "draining" on both paths, and the refusal says so
+/// rather than blaming the cluster bus: the client is told to go elsewhere,
+/// not that the cluster is broken.
+#[tokio::test]
+async fn a_publish_during_the_drain_is_refused_as_draining_not_as_a_bus_failure() {
+    let server = TestServer::spawn_with(|c| {
+        c.shutdown.grace = Duration::from_secs(6);
+        c.shutdown.readiness_delay = Duration::from_secs(3);
+    })
+    .await;
+    let mut a = server.client("u1", "acme", &["lobby"]).await;
+    a.subscribe("lobby").await;
+    server.shutdown.cancel();
+    let (status, body) = get_text(&server.url("/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+
+    let reply = a
+        .request(
+            json!({"type":"publish","room":"lobby","event":"chat","data":1}),
+            7,
+        )
+        .await;
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["code"], 503, "unavailable: {reply}");
+    let message = reply["message"].as_str().unwrap_or_default();
+    assert!(message.contains("draining"), "{reply}");
+    assert!(!message.contains("bus"), "{reply}");
+
+    let got = server
+        .post(
+            "/v1/publish",
+            &json!({"tenant":"acme","room":"lobby","event":"chat"}),
+        )
+        .await;
+    crate::support::assert_api_error(&got, 503, "draining");
+    let message = got.1["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.contains("bus"), "{got:?}");
+    server.stop().await;
 }

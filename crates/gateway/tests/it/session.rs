@@ -1,4 +1,4 @@
-//! Session behaviour (PROTOCOL.md §2–§4): ping/pong at both levels, server
+//! Session behaviour (docs/protocol.md §2–§4): ping/pong at both levels, server
 //! pings and the idle timeout, subscribe/unsubscribe, permissions and room
 //! patterns, presence queries and events, subprotocol negotiation.
 

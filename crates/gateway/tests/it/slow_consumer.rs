@@ -1,4 +1,4 @@
-//! The slow-consumer policy (PROTOCOL.md §6): a client that falls behind its
+//! The slow-consumer policy (docs/protocol.md §6): a client that falls behind its
 //! send queue is closed with 4009 while everyone else keeps receiving every
 //! message in order, and the node lets go of it.
 //!
@@ -142,7 +142,7 @@ async fn a_slow_reader_is_closed_4009_while_fast_readers_get_everything_in_order
         c.subscribe(ROOM).await;
         fast.push(read_until_end(c, n + 1));
     }
-    assert_eq!(server.node.hub().connection_count(), 3);
+    assert_eq!(server.node.connection_count(), 3);
 
     // `slow` is not polled from here on: it stops reading.
     publish_numbered(&server, n).await;

@@ -88,11 +88,11 @@ impl TestServer {
     /// Waits (bounded by `WAIT`) until the node holds `n` connections.
     pub async fn wait_for_connections(&self, n: usize) {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while self.node.hub().connection_count() != n {
+        while self.node.connection_count() != n {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "expected {n} connections, have {}",
-                self.node.hub().connection_count()
+                self.node.connection_count()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use super::envelope::{Envelope, Kind, VERSION};
-use super::{Health, now_ms};
+use super::health::Health;
+use crate::clock::now_millis;
 use crate::hub::Hub;
 use crate::message::{Audience, Broadcast, EncodedFrame, Recipients};
 use crate::metrics as m;
@@ -94,7 +95,7 @@ pub(crate) async fn dispatch(
             // members were served before it was published.
             continue;
         }
-        m::pubsub_lag(now_ms().saturating_sub(env.ts));
+        m::pubsub_lag(now_millis().saturating_sub(env.ts));
         match env.kind {
             Kind::Deliver => deliver(&hub, env),
             Kind::Disconnect => {

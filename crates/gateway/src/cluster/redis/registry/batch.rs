@@ -10,66 +10,23 @@
 
 use std::collections::BTreeSet;
 
-use fanout_protocol::Name;
 use fred::interfaces::{PubsubInterface, SetsInterface, SortedSetsInterface};
 use fred::types::Value;
-use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::Actor;
+use super::actor::Actor;
+use super::op::Change;
+use crate::clock::now_millis;
 use crate::cluster::redis::keys::{self, IndexEntry};
-use crate::cluster::redis::{now_ms, scripts};
+use crate::cluster::redis::scripts;
 use crate::cluster::{AdmitError, BusError};
-use crate::hub::{ConnLimits, LimitExceeded};
+use crate::hub::LimitExceeded;
 
-/// One connection's registry change.
-#[derive(Debug)]
-pub(crate) enum Change {
-    Register {
-        tenant: Name,
-        user: Name,
-        limits: ConnLimits,
-        reply: oneshot::Sender<Result<(), AdmitError>>,
-    },
-    Unregister {
-        tenant: Name,
-        user: Name,
-    },
-    Join {
-        tenant: Name,
-        room: Name,
-        user: Name,
-        reply: oneshot::Sender<Result<bool, BusError>>,
-    },
-    Leave {
-        tenant: Name,
-        room: Name,
-        user: Name,
-        reply: oneshot::Sender<Result<bool, BusError>>,
-    },
-}
-
-impl Change {
-    /// Admissions and joins are refused while the node is not ready;
-    /// departures are always recorded (a resync corrects Redis later).
-    pub(crate) fn needs_ready(&self) -> bool {
-        matches!(self, Change::Register { .. } | Change::Join { .. })
-    }
-
-    /// Answers the change with an error without applying it.
-    pub(crate) fn refuse(self, err: BusError) {
-        match self {
-            Change::Register { reply, .. } => drop(reply.send(Err(AdmitError::Unavailable(err)))),
-            Change::Join { reply, .. } | Change::Leave { reply, .. } => drop(reply.send(Err(err))),
-            Change::Unregister { .. } => {}
-        }
-    }
-}
-
-fn redis_error(r: Option<Result<Value, fred::error::Error>>) -> BusError {
+/// The error of a script that failed or got no reply.
+fn script_error(script: &'static str, r: Option<Result<Value, fred::error::Error>>) -> BusError {
     match r {
-        Some(Err(e)) => BusError(format!("redis: {e}")),
-        _ => BusError("no reply from redis".into()),
+        Some(Err(e)) => BusError::redis(script, e),
+        _ => BusError::NoReply { op: script },
     }
 }
 
@@ -106,7 +63,7 @@ impl Actor {
             match self.subscriber.subscribe(missing.clone()).await {
                 Ok(()) => self.channels.mark_subscribed(&missing),
                 Err(e) => {
-                    let err = BusError(format!("subscribe failed: {e}"));
+                    let err = BusError::redis("subscribe", e);
                     let (refused, kept): (Vec<_>, Vec<_>) = batch
                         .into_iter()
                         .partition(|c| self.channel_of(c).is_some_and(|ch| missing.contains(&ch)));
@@ -117,7 +74,7 @@ impl Actor {
         }
 
         // 2. Apply in order to our view and queue the scripts.
-        let now = now_ms();
+        let now = now_millis();
         let expiry = now + self.config.entry_ttl().as_millis() as u64;
         let node = self.keys.node().to_owned();
         let dead: Vec<Value> = self.liveness.dead().into_iter().map(Value::from).collect();
@@ -135,11 +92,11 @@ impl Actor {
                     ..
                 } => {
                     let (first_user, first_tenant) = self.registered.add_conn(tenant, user);
-                    self.channels.acquire(self.keys.tenant_channel(tenant));
                     if first_user {
                         created.push(keys::index_user(tenant, user));
                     }
                     if first_tenant {
+                        self.channels.needed(self.keys.tenant_channel(tenant));
                         created.push(keys::index_tenant(tenant));
                     }
                     touched.insert(keys::index_user(tenant, user));
@@ -156,9 +113,11 @@ impl Actor {
                     (&scripts::ADMIT, keys, args)
                 }
                 Change::Unregister { tenant, user } => {
-                    self.registered.remove_conn(tenant, user);
-                    self.channels
-                        .release(&self.keys.tenant_channel(tenant), linger);
+                    let (_, last_tenant) = self.registered.remove_conn(tenant, user);
+                    if last_tenant {
+                        self.channels
+                            .unneeded(&self.keys.tenant_channel(tenant), linger);
+                    }
                     touched.insert(keys::index_user(tenant, user));
                     touched.insert(keys::index_tenant(tenant));
                     let keys = vec![
@@ -171,10 +130,10 @@ impl Actor {
                     tenant, room, user, ..
                 } => {
                     if self.registered.add_member(tenant, room, user) {
+                        self.channels.needed(self.keys.room_channel(tenant, room));
                         created.push(keys::index_room(tenant, room));
                         new_rooms.push((expiry as f64, keys::room_id(tenant, room)));
                     }
-                    self.channels.acquire(self.keys.room_channel(tenant, room));
                     touched.insert(keys::index_room(tenant, room));
                     let keys = self.keys.room_script_keys(tenant, room);
                     let args = vec![
@@ -189,8 +148,10 @@ impl Actor {
                     tenant, room, user, ..
                 } => {
                     let emptied = self.registered.remove_member(tenant, room, user);
-                    self.channels
-                        .release(&self.keys.room_channel(tenant, room), linger);
+                    if emptied {
+                        self.channels
+                            .unneeded(&self.keys.room_channel(tenant, room), linger);
+                    }
                     touched.insert(keys::index_room(tenant, room));
                     let keys = self.keys.room_script_keys(tenant, room);
                     let args = vec![
@@ -278,16 +239,15 @@ impl Actor {
                         Some(2) => Err(AdmitError::Limit(LimitExceeded::PerTenant(
                             limits.per_tenant,
                         ))),
-                        _ => Err(AdmitError::Unavailable(BusError(
-                            "unexpected admit reply".into(),
-                        ))),
+                        _ => Err(AdmitError::Unavailable(BusError::ScriptReply {
+                            script: "admit",
+                        })),
                     },
-                    _ => Err(AdmitError::Unavailable(redis_error(result))),
+                    _ => Err(AdmitError::Unavailable(script_error("admit", result))),
                 };
-                if outcome.is_err() {
-                    self.registered.remove_conn(&tenant, &user);
+                if outcome.is_err() && self.registered.remove_conn(&tenant, &user).1 {
                     self.channels
-                        .release(&self.keys.tenant_channel(&tenant), linger);
+                        .unneeded(&self.keys.tenant_channel(&tenant), linger);
                 }
                 let _ = reply.send(outcome);
             }
@@ -304,10 +264,11 @@ impl Actor {
             } => match result {
                 Some(Ok(v)) => drop(reply.send(Ok(pair(&v).0 == 1))),
                 other => {
-                    self.registered.remove_member(&tenant, &room, &user);
-                    self.channels
-                        .release(&self.keys.room_channel(&tenant, &room), linger);
-                    let _ = reply.send(Err(redis_error(other)));
+                    if self.registered.remove_member(&tenant, &room, &user) {
+                        self.channels
+                            .unneeded(&self.keys.room_channel(&tenant, &room), linger);
+                    }
+                    let _ = reply.send(Err(script_error("join", other)));
                 }
             },
             Change::Leave {
@@ -323,7 +284,7 @@ impl Actor {
                     }
                     let _ = reply.send(Ok(left == 1));
                 }
-                other => drop(reply.send(Err(redis_error(other)))),
+                other => drop(reply.send(Err(script_error("leave", other)))),
             },
         }
     }
@@ -352,9 +313,12 @@ mod tests {
     use fred::interfaces::{ClientLike, SortedSetsInterface};
     use fred::types::config::Config as FredConfig;
 
+    use fanout_protocol::Name;
+    use tokio::sync::oneshot;
+
     use super::*;
+    use crate::cluster::redis::health::{Health, NodeLiveness};
     use crate::cluster::redis::keys::Keyspace;
-    use crate::cluster::redis::{Health, NodeLiveness};
     use crate::config::RedisConfig;
 
     struct Redis(Child);
@@ -398,9 +362,7 @@ mod tests {
         publisher.init().await.unwrap();
         subscriber.init().await.unwrap();
         let health = Arc::new(Health::new(config.entry_ttl()));
-        health
-            .connected
-            .store(true, std::sync::atomic::Ordering::Release);
+        health.set_connected(true);
         let mut actor = Actor {
             keys: Keyspace::new("t", "node-a"),
             config,

@@ -1,5 +1,5 @@
-//! The registry actor's own view: channel subscriptions and what it has
-//! registered in Redis. Plain data, no I/O, unit-tested.
+//! The registry actor's own view: what it has registered in Redis, and its
+//! channel subscriptions. Plain data, no I/O, unit-tested.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,17 +10,23 @@ use tokio::time::Instant;
 /// One channel's subscription state.
 #[derive(Debug, Default)]
 struct Channel {
-    /// Local members (rooms) or connections (tenants) that need it.
-    refs: usize,
     /// Whether the SUBSCRIBE completed.
     subscribed: bool,
-    /// When unreferenced: when to unsubscribe.
+    /// Set while nothing local needs the channel: when to unsubscribe.
+    /// `None` while a room or tenant of [`Registered`] needs it, or pinned.
     release_at: Option<Instant>,
     /// Never released (the node's inbox and the control channel).
     pinned: bool,
 }
 
-/// Channel subscriptions, reference-counted, released after a linger.
+/// Channel subscriptions, released after a linger once unneeded.
+///
+/// Whether a room or tenant channel is *needed* is not counted here: it is
+/// needed exactly while [`Registered`] holds the room or the tenant, and the
+/// actor reports the two transitions ([`Channels::needed`] when the first
+/// member or connection arrives, [`Channels::unneeded`] when the last one
+/// goes). This map only adds what Redis's subscriber state needs: whether
+/// the SUBSCRIBE completed, and when a lingering channel is let go.
 #[derive(Debug, Default)]
 pub(crate) struct Channels {
     map: HashMap<String, Channel>,
@@ -39,15 +45,16 @@ impl Channels {
         out
     }
 
-    /// Records completed subscriptions.
+    /// Records completed subscriptions. A channel seen here for the first
+    /// time is unneeded until [`Channels::needed`] says otherwise (it was
+    /// subscribed for a change that then failed: let it linger out).
     pub(crate) fn mark_subscribed(&mut self, channels: &[String]) {
         for c in channels {
-            let ch = self.map.entry(c.clone()).or_default();
+            let ch = self.map.entry(c.clone()).or_insert_with(|| Channel {
+                release_at: Some(Instant::now()),
+                ..Channel::default()
+            });
             ch.subscribed = true;
-            if ch.refs == 0 && !ch.pinned && ch.release_at.is_none() {
-                // Subscribed for an op that then failed: let it linger out.
-                ch.release_at = Some(Instant::now());
-            }
         }
     }
 
@@ -58,20 +65,19 @@ impl Channels {
         ch.release_at = None;
     }
 
-    /// One more local user of `channel`; cancels a pending release.
-    pub(crate) fn acquire(&mut self, channel: String) {
-        let ch = self.map.entry(channel).or_default();
-        ch.refs += 1;
-        ch.release_at = None;
+    /// A room or tenant got its first local member: keep its channel
+    /// (cancels a pending release).
+    pub(crate) fn needed(&mut self, channel: String) {
+        self.map.entry(channel).or_default().release_at = None;
     }
 
-    /// One fewer local user; when none is left, release after `linger`.
-    pub(crate) fn release(&mut self, channel: &str, linger: Duration) {
-        if let Some(ch) = self.map.get_mut(channel) {
-            ch.refs = ch.refs.saturating_sub(1);
-            if ch.refs == 0 && !ch.pinned {
-                ch.release_at = Some(Instant::now() + linger);
-            }
+    /// A room or tenant lost its last local member: release its channel
+    /// after `linger`.
+    pub(crate) fn unneeded(&mut self, channel: &str, linger: Duration) {
+        if let Some(ch) = self.map.get_mut(channel)
+            && !ch.pinned
+        {
+            ch.release_at = Some(Instant::now() + linger);
         }
     }
 
@@ -79,23 +85,25 @@ impl Channels {
     pub(crate) fn expired(&self, now: Instant) -> Vec<String> {
         self.map
             .iter()
-            .filter(|(_, ch)| {
-                ch.subscribed && ch.refs == 0 && ch.release_at.is_some_and(|t| t <= now)
-            })
+            .filter(|(_, ch)| ch.subscribed && ch.release_at.is_some_and(|t| t <= now))
             .map(|(c, _)| c.clone())
             .collect()
     }
 
-    /// Drops unsubscribed channels.
+    /// Drops unsubscribed channels that are still unneeded.
     pub(crate) fn forget(&mut self, channels: &[String]) {
         for c in channels {
-            if self.map.get(c).is_some_and(|ch| ch.refs == 0 && !ch.pinned) {
+            if self
+                .map
+                .get(c)
+                .is_some_and(|ch| !ch.pinned && ch.release_at.is_some())
+            {
                 self.map.remove(c);
             }
         }
     }
 
-    /// Every channel that should be subscribed (referenced or lingering).
+    /// Every channel that should be subscribed (needed or lingering).
     pub(crate) fn all(&self) -> Vec<String> {
         self.map.keys().cloned().collect()
     }
@@ -194,15 +202,19 @@ mod tests {
         let ch = "room".to_string();
         assert_eq!(c.missing(&[ch.clone(), ch.clone()]), vec![ch.clone()]);
         c.mark_subscribed(std::slice::from_ref(&ch));
-        c.acquire(ch.clone());
-        c.acquire(ch.clone());
+        assert_eq!(
+            c.expired(Instant::now()),
+            vec![ch.clone()],
+            "subscribed but never needed: released at once"
+        );
+        c.needed(ch.clone());
         assert!(c.missing(std::slice::from_ref(&ch)).is_empty());
-        c.release(&ch, Duration::from_secs(5));
-        c.release(&ch, Duration::from_secs(5));
+        assert!(c.expired(Instant::now()).is_empty(), "needed");
+        c.unneeded(&ch, Duration::from_secs(5));
         assert!(c.expired(Instant::now()).is_empty(), "still lingering");
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(c.expired(Instant::now()), vec![ch.clone()]);
-        c.acquire(ch.clone());
+        c.needed(ch.clone());
         assert!(
             c.expired(Instant::now()).is_empty(),
             "a new member cancels the release"

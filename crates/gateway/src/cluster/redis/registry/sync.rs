@@ -8,10 +8,11 @@ use fred::types::sorted_sets::Ordering;
 use fred::types::{Expiration, SetOptions, Value};
 use tracing::{debug, info, warn};
 
-use super::Actor;
+use super::actor::Actor;
+use crate::clock::now_millis;
 use crate::cluster::BusError;
 use crate::cluster::redis::keys::{self, IndexEntry, parse_index};
-use crate::cluster::redis::{now_ms, scripts};
+use crate::cluster::redis::scripts;
 
 /// Commands per pipeline when writing many entries.
 const CHUNK: usize = 1_000;
@@ -22,8 +23,8 @@ const INDEX_TTL_SECS: i64 = 24 * 3600;
 /// A dead node is swept this many TTLs after its heartbeat lapsed.
 const SWEEP_GRACE_TTLS: u64 = 2;
 
-fn redis_err(what: &str) -> impl Fn(fred::error::Error) -> BusError + '_ {
-    move |e| BusError(format!("{what}: {e}"))
+fn redis_err(op: &'static str) -> impl Fn(fred::error::Error) -> BusError {
+    move |e| BusError::redis(op, e)
 }
 
 impl Actor {
@@ -40,20 +41,20 @@ impl Actor {
         match beat {
             Ok(beat) => self.health.heartbeat_ok(beat.now),
             Err(e) => {
-                warn!(error = %e.0, "heartbeat failed");
-                self.health.heartbeat_failed(&e.0);
+                warn!(error = %e, cause = ?std::error::Error::source(&e), "heartbeat failed");
+                self.health.heartbeat_failed(&e);
                 return;
             }
         }
         if let Err(e) = self.sweep_dead().await {
-            debug!(error = %e.0, "sweep failed; another round will retry");
+            debug!(error = %e, cause = ?std::error::Error::source(&e), "sweep failed; another round will retry");
         }
     }
 
     /// Renews this node's own entries and reads who else is alive. `None`
     /// when the node finds its registry swept (it is then marked unsynced).
     async fn beat_node(&mut self) -> Result<Option<Beat>, BusError> {
-        let now = now_ms();
+        let now = now_millis();
         let ttl = self.config.entry_ttl().as_millis() as u64;
         let expiry = now + ttl;
         let node = self.keys.node().to_owned();
@@ -110,7 +111,7 @@ impl Actor {
             .unwrap_or_default();
         let indexed = results.pop().and_then(Result::ok).and_then(|v| v.as_bool());
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            return Err(BusError(format!("heartbeat: {e}")));
+            return Err(BusError::redis("heartbeat", e));
         }
         self.liveness.update(live, dead);
         if indexed == Some(false) {
@@ -144,7 +145,7 @@ impl Actor {
     /// index swept re-registers at its next heartbeat anyway.
     async fn sweep_dead(&mut self) -> Result<(), BusError> {
         let grace = self.config.entry_ttl().as_millis() as u64 * SWEEP_GRACE_TTLS;
-        let threshold = now_ms().saturating_sub(grace);
+        let threshold = now_millis().saturating_sub(grace);
         let sweepable: Vec<String> = self
             .publisher
             .zrangebyscore(
@@ -231,7 +232,7 @@ impl Actor {
             for (room, result) in rooms.into_iter().zip(results) {
                 match (room, result) {
                     (Some(room), Ok(v)) if v.as_i64() == Some(0) => emptied.push(room),
-                    (_, Err(e)) => return Err(BusError(format!("sweep: {e}"))),
+                    (_, Err(e)) => return Err(BusError::redis("sweep", e)),
                     _ => {}
                 }
             }
@@ -266,7 +267,7 @@ impl Actor {
         }
         // Renew our heartbeat first, so that no sweeper takes us for dead
         // while we rewrite our entries.
-        let expiry = now_ms() + self.config.entry_ttl().as_millis() as u64;
+        let expiry = now_millis() + self.config.entry_ttl().as_millis() as u64;
         let _: () = self
             .publisher
             .zadd(
@@ -295,7 +296,7 @@ impl Actor {
         // operation left, then write exactly our view.
         let node = self.keys.node().to_owned();
         self.sweep(&node).await?;
-        let expiry = now_ms() + self.config.entry_ttl().as_millis() as u64;
+        let expiry = now_millis() + self.config.entry_ttl().as_millis() as u64;
         // The index first (a superset is safe to sweep), then the entries,
         // in pipelines of CHUNK commands so that a node with many rooms
         // never sends one pipeline larger than a command timeout allows.
@@ -367,7 +368,7 @@ impl Actor {
     pub(super) async fn deregister(&mut self) {
         let node = self.keys.node().to_owned();
         if let Err(e) = self.sweep(&node).await {
-            warn!(error = %e.0, "deregistration incomplete; entries expire with the heartbeat TTL");
+            warn!(error = %e, "deregistration incomplete; entries expire with the heartbeat TTL");
         }
         let _: Result<(), _> = self.publisher.zrem(self.keys.nodes(), node.as_str()).await;
         let _: Result<(), _> = self.subscriber.unsubscribe(Vec::<String>::new()).await;
@@ -471,7 +472,7 @@ impl<'a> Chunked<'a> {
             .into_iter()
             .find(Result::is_err)
         {
-            Some(Err(e)) => Err(BusError(format!("{}: {e}", self.what))),
+            Some(Err(e)) => Err(BusError::redis(self.what, e)),
             _ => Ok(()),
         }
     }

@@ -1,0 +1,100 @@
+//! What can go wrong between a node and the rest of the cluster, as types.
+//!
+//! A bus error says *what happened* (not ready and why, a timeout, a refused
+//! command, a script reply that makes no sense, a stopped task), so that a
+//! caller can decide what to do and a log line can say what to fix. Every
+//! bus error means the same thing to a client — the cluster cannot take the
+//! request now, retry — and is mapped to a wire code in one place,
+//! [`crate::node::NodeError`]. The Redis error text is kept as the `source`
+//! for logs; the `Display` text is what clients may read.
+
+use crate::hub::LimitExceeded;
+
+/// Why the bus cannot carry traffic now; `/readyz` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// The first connection to Redis has not been made yet.
+    #[error("connecting to redis")]
+    Connecting,
+    /// A connection to Redis is down; it is being re-established.
+    #[error("redis unreachable")]
+    Unreachable,
+    /// Connected again; the node is rewriting its registry and subscriptions.
+    #[error("re-registering in the cluster")]
+    Resyncing,
+    /// The last resync failed (the cause); it is retried.
+    #[error("redis resync failed: {0}")]
+    ResyncFailed(String),
+    /// Heartbeats fail (the cause), so other nodes will soon take this one for dead.
+    #[error("redis heartbeat failing: {0}")]
+    HeartbeatFailing(String),
+}
+
+/// The bus could not serve a request; callers answer "unavailable" (503).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    /// The bus is not ready (see [`NotReady`]).
+    #[error("cluster bus unavailable: {0}")]
+    NotReady(#[from] NotReady),
+    /// Redis did not answer within `redis.command_timeout`; the command may
+    /// or may not have run.
+    #[error("cluster bus unavailable: redis did not answer {op} in time")]
+    Timeout {
+        /// What was asked (`publish`, `subscribe`, `heartbeat`, ...).
+        op: &'static str,
+    },
+    /// Redis answered with an error, or the connection failed mid-command.
+    #[error("cluster bus unavailable: redis {op} failed")]
+    Redis {
+        /// What was asked.
+        op: &'static str,
+        /// Redis's (or the client library's) error.
+        #[source]
+        source: fred::error::Error,
+    },
+    /// A pipelined command got no reply at all.
+    #[error("cluster bus unavailable: no reply from redis to {op}")]
+    NoReply {
+        /// What was asked.
+        op: &'static str,
+    },
+    /// A registry script answered something it never returns: a bug, or a
+    /// Redis running another version of the script.
+    #[error("cluster bus unavailable: unexpected reply from the {script} script")]
+    ScriptReply {
+        /// The script's name.
+        script: &'static str,
+    },
+    /// The registry task has stopped (the node is shutting down).
+    #[error("cluster bus unavailable: the node has left the cluster")]
+    Stopped,
+    /// A cross-node envelope could not be encoded (a bug).
+    #[error("cluster bus unavailable: encoding the cluster envelope failed")]
+    Encode {
+        /// The encoder's error.
+        #[source]
+        source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl BusError {
+    /// A failed Redis command: a timeout when the client library says so.
+    pub fn redis(op: &'static str, source: fred::error::Error) -> Self {
+        if *source.kind() == fred::error::ErrorKind::Timeout {
+            BusError::Timeout { op }
+        } else {
+            BusError::Redis { op, source }
+        }
+    }
+}
+
+/// Why a connection was not admitted cluster-wide.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdmitError {
+    /// A user or tenant limit is reached.
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
+    /// The bus is unavailable.
+    #[error(transparent)]
+    Unavailable(#[from] BusError),
+}

@@ -1,0 +1,372 @@
+//! [`RedisBus`]: the [`Bus`] of a cluster node, and the tasks it starts.
+//!
+//! Publishing runs the route script on the publisher connection; joins,
+//! leaves and admissions go to the registry actor; presence and counts are
+//! read straight from Redis. What comes back from other nodes is the
+//! receiver's job, readiness the supervisor's.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use fanout_protocol::api::{ClusterStats, Counts};
+use fanout_protocol::{Name, PresenceMember};
+use fred::clients::Client;
+use fred::interfaces::{
+    ClientLike, EventInterface, HashesInterface, KeysInterface, PubsubInterface,
+    SortedSetsInterface,
+};
+use fred::types::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::connect::{self, Clients, StartError};
+use super::envelope::{Envelope, Kind, VERSION};
+use super::health::{Health, NodeLiveness};
+use super::keys::Keyspace;
+use super::receiver::{self, Probes};
+use super::registry::{self, Actor, Registry};
+use super::scripts;
+use super::supervisor::supervise;
+use crate::clock::now_millis;
+use crate::cluster::{AdmitError, Bus, BusError, NotReady};
+use crate::config::RedisConfig;
+use crate::hub::{ConnHandle, ConnLimits, Hub, Joined, Left};
+use crate::message::{Audience, Broadcast, Recipients};
+use crate::metrics as m;
+
+/// The Redis bus of a cluster node.
+pub struct RedisBus {
+    /// Key and channel names of this node's cluster.
+    keys: Keyspace,
+    /// `[redis]` as configured.
+    config: RedisConfig,
+    /// The command connection; publishes and queries run on it directly.
+    publisher: Client,
+    /// Handle to the registry actor, the one writer of this node's entries.
+    registry: Registry,
+    /// Readiness, shared with the supervisor, the actor and the prober.
+    health: Arc<Health>,
+    /// Dead nodes to skip when routing, written by the actor's heartbeat.
+    liveness: Arc<NodeLiveness>,
+    /// Stops the background tasks (drain).
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("node", &self.keys.node())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBus {
+    /// Builds the bus and starts its tasks. Does not wait for Redis: the
+    /// node starts with readiness false and becomes ready when Redis answers.
+    /// `addr` is the node's listen address, published in its heartbeat.
+    pub fn start(
+        config: &RedisConfig,
+        node_id: &str,
+        addr: std::net::SocketAddr,
+        hub: Hub,
+    ) -> Result<Self, StartError> {
+        let Clients {
+            publisher,
+            subscriber,
+        } = connect::connect(config)?;
+        let keys = Keyspace::new(&config.prefix, node_id);
+        let health = Arc::new(Health::new(config.entry_ttl()));
+        let liveness = Arc::new(NodeLiveness::default());
+        let stop = CancellationToken::new();
+        let registry = registry::spawn(Actor {
+            keys: keys.clone(),
+            config: config.clone(),
+            publisher: publisher.clone(),
+            subscriber: subscriber.clone(),
+            health: health.clone(),
+            liveness: liveness.clone(),
+            channels: Default::default(),
+            registered: Default::default(),
+            started_ms: now_millis(),
+            addr: addr.to_string(),
+        });
+
+        let (queue_tx, queue_rx) = mpsc::channel(config.pubsub_buffer);
+        let probes = Arc::new(Probes::default());
+        tokio::spawn(receiver::read(
+            subscriber.message_rx(),
+            queue_tx,
+            stop.clone(),
+        ));
+        tokio::spawn(receiver::dispatch(
+            node_id.to_owned(),
+            hub,
+            queue_rx,
+            probes.clone(),
+        ));
+        tokio::spawn(
+            receiver::Prober {
+                node: node_id.to_owned(),
+                inbox: keys.inbox(node_id),
+                publisher: publisher.clone(),
+                subscriber: subscriber.clone(),
+                health: health.clone(),
+                probes,
+                interval: config.probe_interval,
+            }
+            .run(stop.clone()),
+        );
+        tokio::spawn(supervise(
+            publisher.clone(),
+            subscriber,
+            registry.clone(),
+            health.clone(),
+            stop.clone(),
+        ));
+        Ok(Self {
+            keys,
+            config: config.clone(),
+            publisher,
+            registry,
+            health,
+            liveness,
+            stop,
+        })
+    }
+
+    fn check_ready(&self) -> Result<(), BusError> {
+        Ok(self.health.check()?)
+    }
+
+    fn envelope(
+        &self,
+        kind: Kind,
+        msg: Option<&Broadcast>,
+        tenant: &Name,
+        user: Option<&Name>,
+    ) -> Result<bytes::Bytes, BusError> {
+        let (json, msgpack) = msg.map(|b| b.frame.wire_parts()).unwrap_or_default();
+        let (room, user) = match msg.map(|b| &b.audience) {
+            Some(Audience::Room(r)) => (Some(r.to_string()), None),
+            Some(Audience::User(u)) => (None, Some(u.to_string())),
+            Some(Audience::Tenant) => (None, None),
+            None => (None, user.map(Name::to_string)),
+        };
+        Envelope {
+            v: VERSION,
+            origin: self.keys.node().to_owned(),
+            kind,
+            id: msg.map(|b| b.id.to_string()).unwrap_or_default(),
+            ts: msg.map(|b| b.ts).unwrap_or_else(now_millis),
+            tenant: tenant.to_string(),
+            room,
+            user,
+            presence_only: msg.is_some_and(|b| b.recipients == Recipients::PresenceWatchers),
+            json,
+            msgpack,
+        }
+        .encode()
+        .map_err(|e| BusError::Encode {
+            source: Arc::new(e),
+        })
+    }
+
+    async fn route_user(
+        &self,
+        tenant: &Name,
+        user: &Name,
+        payload: bytes::Bytes,
+    ) -> Result<i64, BusError> {
+        let mut args: Vec<Value> = vec![
+            self.keys.node().into(),
+            self.keys.inbox_prefix().into(),
+            Value::Bytes(payload),
+        ];
+        args.extend(self.liveness.dead().into_iter().map(Value::from));
+        scripts::ROUTE_USER
+            .evalsha_with_reload::<i64, _, _>(
+                &self.publisher,
+                vec![self.keys.user_conns(tenant, user)],
+                args,
+            )
+            .await
+            .map_err(|e| BusError::redis("route_user", e))
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn readiness(&self) -> Result<(), NotReady> {
+        self.health.check()
+    }
+
+    async fn register(&self, conn: &ConnHandle, limits: ConnLimits) -> Result<(), AdmitError> {
+        self.registry
+            .register(conn.tenant.clone(), conn.user.clone(), limits)
+            .await
+    }
+
+    async fn unregister(&self, conn: &ConnHandle) {
+        self.registry
+            .unregister(conn.tenant.clone(), conn.user.clone())
+            .await;
+    }
+
+    async fn joined(
+        &self,
+        conn: &ConnHandle,
+        room: &Name,
+        local: Joined,
+    ) -> Result<bool, BusError> {
+        if !local.new_member {
+            return Ok(false);
+        }
+        self.registry
+            .join(conn.tenant.clone(), room.clone(), conn.user.clone())
+            .await
+    }
+
+    async fn left(&self, conn: &ConnHandle, room: &Name, local: Left) -> Result<bool, BusError> {
+        if !local.was_member {
+            return Ok(false);
+        }
+        self.registry
+            .leave(conn.tenant.clone(), room.clone(), conn.user.clone())
+            .await
+    }
+
+    async fn publish(&self, msg: &Broadcast) -> Result<(), BusError> {
+        self.check_ready()?;
+        let started = Instant::now();
+        let payload = self.envelope(Kind::Deliver, Some(msg), &msg.tenant, None)?;
+        match &msg.audience {
+            Audience::Room(room) => {
+                let args: Vec<Value> = vec![
+                    self.keys.node().into(),
+                    now_millis().to_string().into(),
+                    self.config.direct_max_nodes.to_string().into(),
+                    self.keys.room_channel(&msg.tenant, room).into(),
+                    self.keys.inbox_prefix().into(),
+                    Value::Bytes(payload),
+                ];
+                let reply: Vec<i64> = scripts::ROUTE_ROOM
+                    .evalsha_with_reload(
+                        &self.publisher,
+                        vec![self.keys.room_hosts(&msg.tenant, room)],
+                        args,
+                    )
+                    .await
+                    .map_err(|e| BusError::redis("route_room", e))?;
+                match reply.get(1) {
+                    Some(1) => m::routed("room_channel", 1),
+                    _ => m::routed("direct", reply.get(2).copied().unwrap_or(0) as u64),
+                }
+            }
+            Audience::User(user) => {
+                let sent = self.route_user(&msg.tenant, user, payload).await?;
+                m::routed("direct", sent as u64);
+            }
+            Audience::Tenant => {
+                let _: i64 = self
+                    .publisher
+                    .publish(self.keys.tenant_channel(&msg.tenant), payload)
+                    .await
+                    .map_err(|e| BusError::redis("publish", e))?;
+                m::routed("tenant_channel", 1);
+            }
+        }
+        m::redis_publish(started.elapsed());
+        Ok(())
+    }
+
+    async fn presence(&self, tenant: &Name, room: &Name) -> Result<Vec<PresenceMember>, BusError> {
+        self.check_ready()?;
+        let now = now_millis();
+        let pipe = self.publisher.pipeline();
+        let _: Result<(), _> = pipe
+            .zrangebyscore(
+                self.keys.room_hosts(tenant, room),
+                now as f64,
+                "+inf",
+                false,
+                None,
+            )
+            .await;
+        let _: Result<(), _> = pipe.hgetall(self.keys.room_members(tenant, room)).await;
+        let (hosts, fields): (Vec<String>, BTreeMap<String, i64>) = pipe
+            .all()
+            .await
+            .map_err(|e| BusError::redis("presence", e))?;
+        let mut users: BTreeMap<String, u32> = BTreeMap::new();
+        for (field, n) in fields {
+            let Some((node, user)) = field.split_once('|') else {
+                continue;
+            };
+            if n > 0 && hosts.iter().any(|h| h == node) {
+                *users.entry(user.to_owned()).or_insert(0) += n as u32;
+            }
+        }
+        Ok(users
+            .into_iter()
+            .map(|(user, conns)| PresenceMember { user, conns })
+            .collect())
+    }
+
+    async fn disconnect_user(&self, tenant: &Name, user: &Name) -> Result<(), BusError> {
+        self.check_ready()?;
+        let payload = self.envelope(Kind::Disconnect, None, tenant, Some(user))?;
+        self.route_user(tenant, user, payload).await.map(|_| ())
+    }
+
+    async fn cluster_stats(&self) -> Result<ClusterStats, BusError> {
+        self.check_ready()?;
+        let redis = |e| BusError::redis("cluster_stats", e);
+        let live: Vec<String> = self
+            .publisher
+            .zrangebyscore(self.keys.nodes(), now_millis() as f64, "+inf", false, None)
+            .await
+            .map_err(redis)?;
+        let infos: Vec<Option<String>> = if live.is_empty() {
+            Vec::new()
+        } else {
+            self.publisher
+                .mget(
+                    live.iter()
+                        .map(|n| self.keys.node_info(n))
+                        .collect::<Vec<_>>(),
+                )
+                .await
+                .map_err(redis)?
+        };
+        let connections = infos
+            .iter()
+            .flatten()
+            .filter_map(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .filter_map(|v| v["connections"].as_u64())
+            .sum();
+        let rooms: u64 = self
+            .publisher
+            .zcount(self.keys.rooms(), now_millis() as f64, f64::INFINITY)
+            .await
+            .map_err(redis)?;
+        Ok(ClusterStats {
+            nodes: live.len() as u64,
+            counts: Counts { connections, rooms },
+            bus: self.kind().into(),
+        })
+    }
+
+    async fn shutdown(&self) {
+        // Stop the supervisor and the prober first, so that nothing resyncs
+        // (re-registers) the node while it deregisters.
+        self.stop.cancel();
+        self.registry.deregister().await;
+        let _ = self.publisher.quit().await;
+    }
+}
