@@ -8,8 +8,7 @@ cd "$(dirname "$0")/.."
 if ! command -v kubectl >/dev/null 2>&1; then
   echo "validate-k8s: kubectl is not on PATH; it renders the kustomizations. To validate the" \
     "manifests, install kubectl with Kustomize v5 built in (kubectl 1.27 or later), e.g. the" \
-    "\`kubectl\` package of the Google Cloud SDK apt repository (Debian) or" \
-    "https://kubernetes.io/docs/tasks/tools/" >&2
+    "\`kubectl\` package of the Google Cloud SDK apt repository (Debian)" >&2
   exit 1
 fi
 venv=target/k8s-venv
