@@ -127,6 +127,8 @@ async fn publish(State(floor): State<Arc<Floor>>, body: Bytes) -> Response {
         data: &req.data,
         id: &id,
         ts,
+        offset: None,
+        epoch: None,
     });
     let (Ok(json), Ok(msgpack)) = (Codec::Json.encode(&frame), Codec::MsgPack.encode(&frame))
     else {
@@ -137,7 +139,15 @@ async fn publish(State(floor): State<Arc<Floor>>, body: Bytes) -> Response {
         let mut room = floor.room.lock().unwrap_or_else(|p| p.into_inner());
         room.retain(|_, m| m.tx.try_send(encoded[m.codec.index()].clone()).is_ok());
     }
-    (StatusCode::ACCEPTED, axum::Json(PublishResponse { id })).into_response()
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(PublishResponse {
+            id,
+            offset: None,
+            epoch: None,
+        }),
+    )
+        .into_response()
 }
 
 /// `GET /ws`: the upgrade, done by hand so the socket gets our buffer sizes.

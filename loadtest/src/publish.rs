@@ -206,6 +206,7 @@ impl Api {
             user,
             event: EVENT.into(),
             data: probe.to_data(&self.pad),
+            idempotency_key: None,
         };
         let resp = self
             .http

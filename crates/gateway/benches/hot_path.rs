@@ -33,6 +33,8 @@ fn message<'a>(data: &'a serde_json::Value) -> ServerFrame<'a> {
         data,
         id: "01a20943-8b78-73c4-acc5-6c7d27a84591",
         ts: 1_763_800_000_000,
+        offset: None,
+        epoch: None,
     })
 }
 
@@ -102,6 +104,7 @@ fn hub_deliver(c: &mut Criterion) {
             accepted_at: Instant::now(),
             ts: 0,
             id: Arc::from("m"),
+            position: None,
         };
         g.throughput(Throughput::Elements(members as u64));
         g.bench_with_input(BenchmarkId::from_parameter(members), &members, |b, _| {
@@ -137,6 +140,8 @@ fn envelope(c: &mut Criterion) {
         presence_only: false,
         json,
         msgpack,
+        offset: None,
+        epoch: None,
     };
     let bytes: Bytes = env.encode().unwrap();
     let mut g = c.benchmark_group("envelope");

@@ -16,8 +16,12 @@
 pub mod embedded;
 mod error;
 pub mod redis;
+mod stream;
 
 pub use self::error::{AdmitError, BusError, NotReady};
+pub use self::stream::{
+    HistoryPage, HistoryQuery, IDEMPOTENCY_WINDOW, PublishOptions, Published, StreamSpec, new_epoch,
+};
 
 use async_trait::async_trait;
 use fanout_protocol::api::ClusterStats;
@@ -54,8 +58,27 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Carries a message to the members on *other* nodes. Returns only once
     /// the bus has taken responsibility for it; an error means no other node
-    /// will receive it.
-    async fn publish(&self, msg: &Broadcast) -> Result<(), BusError>;
+    /// will receive it. In a room with history (`opts.history`) the bus
+    /// assigns the message its position, atomically with the hand-over, and
+    /// stores it; with an idempotency key it first checks whether the same
+    /// publish was already accepted ([`Published::Duplicate`]: nothing is
+    /// sent, and the caller must not deliver it locally either).
+    async fn publish(
+        &self,
+        msg: &Broadcast,
+        opts: PublishOptions<'_>,
+    ) -> Result<Published, BusError>;
+
+    /// Reads a room's stream: its epoch and latest offset (creating the
+    /// stream's epoch if the room never had one), and the messages the
+    /// query asks for.
+    async fn history(
+        &self,
+        tenant: &Name,
+        room: &Name,
+        spec: StreamSpec,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, BusError>;
 
     /// Who is in a room, cluster-wide, sorted by user.
     async fn presence(&self, tenant: &Name, room: &Name) -> Result<Vec<PresenceMember>, BusError>;

@@ -26,8 +26,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 pub use self::error::ConfigError;
 pub use self::sections::EXAMPLE_CONFIG;
 pub use self::sections::{
-    ApiKeyConfig, AuthConfig, Config, JwtAlgorithm, KeyConfig, Limits, LogConfig, LogFormat,
-    RedisConfig, SessionConfig, ShutdownConfig, TlsConfig,
+    ApiKeyConfig, AuthConfig, Config, HistoryRule, JwtAlgorithm, KeyConfig, Limits, LogConfig,
+    LogFormat, MAX_HISTORY_SIZE, MAX_HISTORY_TTL, RedisConfig, SessionConfig, ShutdownConfig,
+    TlsConfig,
 };
 pub use self::validate::{DEV_API_KEY, DEV_SECRET};
 
@@ -44,6 +45,7 @@ const ENV_SECTIONS: &[&str] = &[
     "shutdown",
     "redis",
     "tls",
+    "history",
 ];
 
 impl Config {

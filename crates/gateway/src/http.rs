@@ -31,6 +31,10 @@ pub fn router(node: Node) -> Router {
             get(api::presence),
         )
         .route(
+            "/v1/tenants/{tenant}/rooms/{room}/history",
+            get(api::history),
+        )
+        .route(
             "/v1/tenants/{tenant}/users/{user}/disconnect",
             post(api::disconnect_user),
         )

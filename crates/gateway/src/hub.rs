@@ -21,6 +21,8 @@
 
 mod conn;
 pub mod queue;
+mod sequencer;
+mod stream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +34,8 @@ use fanout_protocol::{CloseCode, Name, PresenceMember};
 
 pub use self::conn::ConnHandle;
 use self::queue::PushError;
+use self::sequencer::Sequencer;
+pub use self::stream::{GoLive, StreamGap};
 
 pub use crate::message::ConnId;
 use crate::message::{Audience, Broadcast, Recipients};
@@ -43,6 +47,18 @@ type Members = HashMap<ConnId, Arc<ConnHandle>>;
 struct RoomMember {
     conn: Arc<ConnHandle>,
     presence_events: bool,
+    /// In a room with history: where this member stands in the stream.
+    stream: Option<Box<MemberStream>>,
+}
+
+/// A member's place in its room's stream.
+#[derive(Debug, Default)]
+struct MemberStream {
+    /// While the member's subscribe is being answered (history read,
+    /// replay), messages for it wait here, in order, instead of its queue.
+    pending: Option<Vec<Broadcast>>,
+    /// Messages at or below this offset reached it by replay: skip them.
+    after: u64,
 }
 
 #[derive(Debug, Default)]
@@ -50,14 +66,26 @@ struct Room {
     members: HashMap<ConnId, RoomMember>,
     /// Connections per user in this room, for presence answers and join/leave.
     users: HashMap<Name, u32>,
+    /// Rooms with history: the stream's order on this node (boxed: most
+    /// rooms have none).
+    stream: Option<Box<Sequencer>>,
 }
 
 #[derive(Debug, Default)]
 struct HubInner {
+    /// Every local connection. Written by `try_insert` / `remove`.
     conns: DashMap<ConnId, Arc<ConnHandle>>,
+    /// Room members, per (tenant, room). Written by `join` / `leave`; the
+    /// stream state inside by positioned deliveries.
     rooms: DashMap<(Name, Name), Room>,
+    /// Connections per (tenant, user). Written by `try_insert` / `remove`.
     users: DashMap<(Name, Name), Members>,
+    /// Connections per tenant. Written by `try_insert` / `remove`.
     tenants: DashMap<Name, Members>,
+    /// Rooms whose stream has a gap open, and since when; written by the
+    /// positioned deliveries, read by the node's repair task.
+    gaps: std::sync::Mutex<HashMap<(Name, Name), std::time::Instant>>,
+    /// The last connection id handed out.
     next_id: AtomicU64,
 }
 
@@ -127,6 +155,21 @@ pub struct Delivered {
     pub queued: u64,
     /// Members closed as slow consumers by this delivery.
     pub overflowed: u64,
+}
+
+/// Queues `msg` for `conn`, unless `conn` is the publisher it excludes.
+fn push_to(conn: &ConnHandle, msg: &Broadcast, out: &mut Delivered) {
+    if Some(conn.id) == msg.exclude {
+        return;
+    }
+    match conn.queue.push(msg.frame.for_codec(conn.codec).clone()) {
+        Ok(()) => out.queued += 1,
+        Err(PushError::Overflow) => {
+            out.overflowed += 1;
+            m::slow_consumer_closed();
+        }
+        Err(PushError::Closing) => m::dropped("closing"),
+    }
 }
 
 fn limit_ok(len: usize, max: u32) -> bool {
@@ -220,6 +263,19 @@ impl Hub {
     /// Lock order: the room's entry, then the connection's room set.
     /// Delivery takes only the first, so it never waits on the second.
     pub fn join(&self, conn: &Arc<ConnHandle>, room: &Name, presence_events: bool) -> Joined {
+        self.join_as(conn, room, presence_events, false)
+    }
+
+    /// [`Hub::join`]; with `pending`, room messages with a position wait in
+    /// the member's buffer until [`Hub::go_live`] (a subscribe to a room
+    /// with history, while its history is read).
+    fn join_as(
+        &self,
+        conn: &Arc<ConnHandle>,
+        room: &Name,
+        presence_events: bool,
+        pending: bool,
+    ) -> Joined {
         let mut entry = self
             .inner
             .rooms
@@ -240,6 +296,12 @@ impl Hub {
             RoomMember {
                 conn: conn.clone(),
                 presence_events,
+                stream: pending.then(|| {
+                    Box::new(MemberStream {
+                        pending: Some(Vec::new()),
+                        after: 0,
+                    })
+                }),
             },
         );
         conn_rooms.insert(room.clone());
@@ -279,7 +341,8 @@ impl Hub {
         }
         let room_empty = r.members.is_empty();
         if room_empty {
-            entry.remove();
+            let (key, _) = entry.remove_entry();
+            self.gap_closed(&key);
         }
         Left {
             was_member: true,
@@ -308,22 +371,14 @@ impl Hub {
         members
     }
 
-    /// Hands `msg` to every local recipient's queue.
+    /// Hands `msg` to every local recipient's queue. A room message with a
+    /// position goes through the room's stream order first (`hub::stream`).
     pub fn deliver(&self, msg: &Broadcast) -> Delivered {
+        if let (Some(pos), Audience::Room(room)) = (&msg.position, &msg.audience) {
+            return self.deliver_in_order(msg, room, pos);
+        }
         let mut out = Delivered::default();
-        let mut push = |conn: &ConnHandle| {
-            if Some(conn.id) == msg.exclude {
-                return;
-            }
-            match conn.queue.push(msg.frame.for_codec(conn.codec).clone()) {
-                Ok(()) => out.queued += 1,
-                Err(PushError::Overflow) => {
-                    out.overflowed += 1;
-                    m::slow_consumer_closed();
-                }
-                Err(PushError::Closing) => m::dropped("closing"),
-            }
-        };
+        let mut push = |conn: &ConnHandle| push_to(conn, msg, &mut out);
         match &msg.audience {
             Audience::Room(room) => {
                 if let Some(r) = self.inner.rooms.get(&(msg.tenant.clone(), room.clone())) {
@@ -432,6 +487,7 @@ mod tests {
             accepted_at: Instant::now(),
             ts: 0,
             id: Arc::from("m"),
+            position: None,
         }
     }
 

@@ -88,6 +88,69 @@ impl EncodedFrame {
     pub fn json_len(&self) -> usize {
         self.json.len()
     }
+
+    /// The JSON encoding's bytes (shared, not copied): what history stores.
+    pub fn json_bytes(&self) -> Bytes {
+        match &self.json {
+            Message::Text(t) => Bytes::from(t.clone()),
+            other => other.clone().into_data(),
+        }
+    }
+
+    /// The same `message` frame with its stream position, without
+    /// re-encoding: `"offset"` and `"epoch"` are appended to the JSON
+    /// object and to the MessagePack map. This gives exactly the bytes that
+    /// encoding the frame with `offset` and `epoch` set would give, because
+    /// they are the frame's last two fields (tested below). `None` when the
+    /// frame is not a JSON object and a MessagePack map of at most 13 fields
+    /// (which every `message` frame is).
+    pub fn with_position(&self, pos: &Position) -> Option<Self> {
+        let json = match &self.json {
+            Message::Text(t) => t.as_str(),
+            _ => return None,
+        };
+        let body = json.strip_suffix('}')?;
+        let mut epoch_json = String::with_capacity(pos.epoch.len() + 2);
+        epoch_json.push('"');
+        epoch_json.push_str(&pos.epoch);
+        epoch_json.push('"');
+        // Epochs are made by fanout from [0-9a-z]; anything else is escaped.
+        if pos.epoch.bytes().any(|b| !b.is_ascii_alphanumeric()) {
+            epoch_json = serde_json::to_string(&*pos.epoch).ok()?;
+        }
+        let json = format!("{body},\"offset\":{},\"epoch\":{epoch_json}}}", pos.offset);
+        let msgpack = match &self.msgpack {
+            Message::Binary(b) => b,
+            _ => return None,
+        };
+        let (&head, rest) = msgpack.split_first()?;
+        // A fixmap of n fields is 0x80 | n; two more must still fit (n ≤ 13).
+        if !(0x80..=0x8d).contains(&head) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(msgpack.len() + 24 + pos.epoch.len());
+        out.push(head + 2);
+        out.extend_from_slice(rest);
+        rmp::encode::write_str(&mut out, "offset").ok()?;
+        rmp::encode::write_uint(&mut out, pos.offset).ok()?;
+        rmp::encode::write_str(&mut out, "epoch").ok()?;
+        rmp::encode::write_str(&mut out, &pos.epoch).ok()?;
+        Some(Self {
+            json: Message::Text(json.into()),
+            msgpack: Message::Binary(Bytes::from(out)),
+        })
+    }
+}
+
+/// A message's place in its room's stream (rooms with history, §7 of the
+/// protocol): `offset` counts the room's messages 1, 2, 3, … within the
+/// stream named `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Position {
+    /// Offset within the stream.
+    pub offset: u64,
+    /// The stream's name; a new epoch starts again at offset 1.
+    pub epoch: Arc<str>,
 }
 
 /// Wraps an encoded frame in the WebSocket message type of its codec.
@@ -137,4 +200,72 @@ pub struct Broadcast {
     pub ts: u64,
     /// Message id (empty for presence events), carried in cross-node envelopes.
     pub id: Arc<str>,
+    /// The message's place in its room's stream (rooms with history only);
+    /// `frame` then already carries it.
+    pub position: Option<Position>,
+}
+
+#[cfg(test)]
+mod tests {
+    use fanout_protocol::{MessageFrame, Scope};
+    use serde_json::json;
+
+    use super::*;
+
+    fn frame<'a>(data: &'a serde_json::Value, pos: Option<(u64, &'a str)>) -> ServerFrame<'a> {
+        ServerFrame::Message(MessageFrame {
+            scope: Scope::Room,
+            room: Some("lobby"),
+            event: "chat",
+            data,
+            id: "0199-id",
+            ts: 1_763_800_000_000,
+            offset: pos.map(|p| p.0),
+            epoch: pos.map(|p| p.1),
+        })
+    }
+
+    #[test]
+    fn a_position_appended_to_an_encoded_frame_equals_encoding_it_with_the_position() {
+        let data = json!({"text": "hi", "n": [1, 2.5, null], "nested": {"a": "\"q\""}});
+        let plain = EncodedFrame::encode(&frame(&data, None)).unwrap();
+        for (offset, epoch) in [
+            (1, "k3x9"),
+            (u64::MAX, "abcdefghijklmnopqrstuvwxyz0123456789"),
+        ] {
+            let pos = Position {
+                offset,
+                epoch: Arc::from(epoch),
+            };
+            let spliced = plain
+                .with_position(&pos)
+                .expect("a message frame takes a position");
+            let direct = EncodedFrame::encode(&frame(&data, Some((offset, epoch)))).unwrap();
+            assert_eq!(
+                spliced.for_codec(Codec::Json),
+                direct.for_codec(Codec::Json)
+            );
+            assert_eq!(
+                spliced.for_codec(Codec::MsgPack),
+                direct.for_codec(Codec::MsgPack)
+            );
+        }
+    }
+
+    #[test]
+    fn an_unusual_epoch_is_escaped_not_spliced_raw() {
+        let data = json!(1);
+        let plain = EncodedFrame::encode(&frame(&data, None)).unwrap();
+        let pos = Position {
+            offset: 7,
+            epoch: Arc::from("a\"b"),
+        };
+        let spliced = plain.with_position(&pos).unwrap();
+        let Message::Text(text) = spliced.for_codec(Codec::Json) else {
+            panic!("json is text")
+        };
+        let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+        assert_eq!(v["epoch"], "a\"b");
+        assert_eq!(v["offset"], 7);
+    }
 }

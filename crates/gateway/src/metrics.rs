@@ -58,6 +58,20 @@ pub const CLUSTER_NODES: &str = "fanout_cluster_nodes";
 pub const ACCEPT_ERRORS: &str = "fanout_accept_errors_total";
 /// HTTP API requests, by route and status.
 pub const HTTP_REQUESTS: &str = "fanout_http_requests_total";
+/// Rooms whose history the embedded bus dropped to stay within `limits.history_memory_bytes`.
+pub const HISTORY_EVICTED: &str = "fanout_history_evicted_total";
+/// Bytes of room history the embedded bus holds (stored frames and overhead).
+pub const HISTORY_BYTES: &str = "fanout_history_bytes";
+/// Idempotency keys the embedded bus forgot early to stay within `limits.idempotency_keys`.
+pub const IDEMPOTENCY_EVICTED: &str = "fanout_idempotency_evicted_total";
+/// Publishes not delivered again because their idempotency key was already accepted.
+pub const IDEMPOTENT_DUPLICATES: &str = "fanout_idempotent_duplicates_total";
+/// Recovering subscribes, by outcome (`recovered`, `not_recovered`).
+pub const RECOVERIES: &str = "fanout_recoveries_total";
+/// Room stream anomalies seen by this node, by kind: `duplicate` (dropped),
+/// `reordered` (held until the missing offsets came), `filled` (from
+/// history), `lost` (could not be filled: members closed with 4010).
+pub const STREAM_EVENTS: &str = "fanout_stream_events_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -187,4 +201,33 @@ pub(crate) fn cluster_nodes(n: usize) {
 
 pub(crate) fn accept_error(kind: &'static str) {
     counter!(ACCEPT_ERRORS, "kind" => kind).increment(1);
+}
+
+pub(crate) fn history_evicted(rooms: u64) {
+    counter!(HISTORY_EVICTED).increment(rooms);
+}
+
+pub(crate) fn history_bytes(bytes: usize) {
+    gauge!(HISTORY_BYTES).set(bytes as f64);
+}
+
+pub(crate) fn idempotency_evicted() {
+    counter!(IDEMPOTENCY_EVICTED).increment(1);
+}
+
+pub(crate) fn idempotent_duplicate() {
+    counter!(IDEMPOTENT_DUPLICATES).increment(1);
+}
+
+pub(crate) fn recovery(recovered: bool) {
+    let outcome = if recovered {
+        "recovered"
+    } else {
+        "not_recovered"
+    };
+    counter!(RECOVERIES, "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn stream_event(kind: &'static str, n: u64) {
+    counter!(STREAM_EVENTS, "kind" => kind).increment(n);
 }

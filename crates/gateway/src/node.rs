@@ -21,13 +21,15 @@
 
 mod drain;
 mod error;
+mod history;
 mod membership;
 mod presence;
 mod publish;
 mod state;
 
 pub use self::error::{BuildError, NodeError, Unready};
-pub use self::membership::JoinOptions;
+pub use self::history::History;
+pub use self::membership::{JoinOptions, Subscription};
 pub use self::presence::PresenceEvent;
-pub use self::publish::{Prepared, Publish, PublishSource};
+pub use self::publish::{Prepared, Publish, PublishSource, Sent};
 pub use self::state::{Node, NodeParts};

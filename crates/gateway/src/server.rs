@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cluster::Bus;
-use crate::cluster::embedded::EmbeddedBus;
+use crate::cluster::embedded::{EmbeddedBus, EmbeddedLimits};
 use crate::cluster::redis::RedisBus;
 use crate::config::Config;
 use crate::http;
@@ -121,7 +121,13 @@ impl Server {
                 listener.local_addr().unwrap_or(config.listen),
                 hub.clone(),
             )?),
-            None => Arc::new(EmbeddedBus::new(hub.clone())),
+            None => Arc::new(EmbeddedBus::new(
+                hub.clone(),
+                EmbeddedLimits {
+                    history_memory_bytes: config.limits.history_memory_bytes,
+                    idempotency_keys: config.limits.idempotency_keys,
+                },
+            )),
         };
         let node = Node::new(
             config,
@@ -132,6 +138,7 @@ impl Server {
                 metrics: crate::metrics::install(),
             },
         )?;
+        node.spawn_stream_repair();
         Ok(Self {
             node,
             listener,

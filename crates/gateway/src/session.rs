@@ -483,7 +483,7 @@ mod tests {
             NodeParts {
                 id: "size-test".into(),
                 hub: hub.clone(),
-                bus: Arc::new(EmbeddedBus::new(hub)),
+                bus: Arc::new(EmbeddedBus::new(hub, Default::default())),
                 metrics: crate::metrics::install(),
             },
         )

@@ -25,6 +25,10 @@ pub struct PublishRequest {
     /// Payload.
     #[serde(default)]
     pub data: Value,
+    /// Makes a retry safe: a publish whose key was already accepted
+    /// recently is not delivered again (§8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// `POST /v1/publish/batch` body.
@@ -39,13 +43,33 @@ pub struct BatchRequest {
 pub struct PublishResponse {
     /// Message id, also in the delivered `message` frames.
     pub id: String,
+    /// In a room with history: the message's offset (§7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// In a room with history: the stream's epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
-/// `202` answer to a batch: ids in the order of `messages`.
+/// `202` answer to a batch: ids in the order of `messages`. Also the
+/// `ids` of the entries accepted before a batch failed (beside `error`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchResponse {
     /// Message ids.
     pub ids: Vec<String>,
+}
+
+/// `GET /v1/tenants/{t}/rooms/{r}/history` answer (§7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryResponse {
+    /// The room.
+    pub room: String,
+    /// The stream's epoch.
+    pub epoch: String,
+    /// The room's latest offset.
+    pub offset: u64,
+    /// `message` frames, oldest first.
+    pub messages: Vec<Value>,
 }
 
 /// Answer to a presence query.
@@ -60,6 +84,10 @@ pub struct PresenceResponse {
 pub struct ErrorResponse {
     /// The error.
     pub error: ErrorBody,
+    /// A batch that failed part-way: the ids of the entries that were
+    /// accepted (delivered) before the failure, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<String>>,
 }
 
 /// The inner error object.

@@ -303,6 +303,8 @@ mod tests {
             data: &data,
             id: "m1",
             ts: 1763800000000,
+            offset: None,
+            epoch: None,
         });
         let Encoded::Text(text) = Codec::Json.encode(&msg).unwrap() else {
             panic!()
@@ -326,6 +328,8 @@ mod tests {
             data: &data,
             id: "m2",
             ts: 1,
+            offset: None,
+            epoch: None,
         });
         let Encoded::Text(text) = Codec::Json.encode(&user_msg).unwrap() else {
             panic!()
@@ -348,7 +352,7 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&text).unwrap(),
             json!({"type":"presence","id":4,"room":"lobby","members":[{"user":"u42","conns":2}]})
         );
-        let Encoded::Text(ack) = Codec::Json.encode(&ServerFrame::Ack { id: None }).unwrap() else {
+        let Encoded::Text(ack) = Codec::Json.encode(&ServerFrame::ack(None)).unwrap() else {
             panic!()
         };
         assert_eq!(ack, r#"{"type":"ack"}"#);

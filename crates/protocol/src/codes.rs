@@ -14,6 +14,9 @@ pub enum ErrorCode {
     TooLarge,
     /// Rate limited.
     RateLimited,
+    /// A `history` request's `since` is no longer (or never was) in the
+    /// room's history: another epoch, or trimmed (§7, extension).
+    HistoryGap,
     /// The cluster cannot take this now; retry later.
     Unavailable,
 }
@@ -27,6 +30,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
+            ErrorCode::HistoryGap => 409,
             ErrorCode::Unavailable => 503,
         }
     }
@@ -51,6 +55,10 @@ pub enum CloseCode {
     RateLimited,
     /// 4009: slow consumer, the send queue overflowed.
     SlowConsumer,
+    /// 4010: the node lost messages of a room the connection is subscribed
+    /// to (its stream has a gap it could not fill); reconnect and
+    /// resubscribe with `since` to recover (extension).
+    InsufficientState,
 }
 
 impl CloseCode {
@@ -65,6 +73,7 @@ impl CloseCode {
             CloseCode::LimitReached => 4003,
             CloseCode::RateLimited => 4008,
             CloseCode::SlowConsumer => 4009,
+            CloseCode::InsufficientState => 4010,
         }
     }
 
@@ -79,6 +88,7 @@ impl CloseCode {
             CloseCode::LimitReached,
             CloseCode::RateLimited,
             CloseCode::SlowConsumer,
+            CloseCode::InsufficientState,
         ]
         .into_iter()
         .find(|c| c.as_u16() == code)
@@ -95,6 +105,7 @@ impl CloseCode {
             CloseCode::LimitReached => "limit_reached",
             CloseCode::RateLimited => "rate_limited",
             CloseCode::SlowConsumer => "slow_consumer",
+            CloseCode::InsufficientState => "insufficient_state",
         }
     }
 }
@@ -105,7 +116,7 @@ mod tests {
 
     #[test]
     fn close_codes_round_trip() {
-        for code in [1000, 1009, 1012, 4000, 4001, 4003, 4008, 4009] {
+        for code in [1000, 1009, 1012, 4000, 4001, 4003, 4008, 4009, 4010] {
             assert_eq!(CloseCode::from_u16(code).map(CloseCode::as_u16), Some(code));
         }
         assert_eq!(CloseCode::from_u16(4002), None);

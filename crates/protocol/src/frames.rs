@@ -37,7 +37,25 @@ pub struct RawClientFrame {
     pub token: Option<String>,
     /// `subscribe` option: also receive `join`/`leave` frames.
     pub presence_events: Option<bool>,
+    /// `subscribe` and `history`: the last position the client saw (§7).
+    pub since: Option<StreamPosition>,
+    /// `history`: at most this many messages.
+    pub limit: Option<u32>,
 }
+
+/// A position in a room's stream: the `offset` of a message within the
+/// stream named `epoch` (§7). Offsets count 1, 2, 3, … with no gaps; a new
+/// epoch starts again at 1.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// Offset of the message (0: before the first).
+    pub offset: u64,
+    /// The stream's epoch.
+    pub epoch: String,
+}
+
+/// Longest epoch accepted in a `since` (epochs the server makes are shorter).
+pub const MAX_EPOCH_LEN: usize = 64;
 
 /// Only the request id, salvaged from a frame that failed to decode whole.
 #[derive(Debug, Default, Deserialize)]
@@ -61,6 +79,19 @@ pub enum ClientFrame {
         room: Name,
         /// Whether to receive `join`/`leave` frames for the room.
         presence_events: bool,
+        /// Recover from this position (§7).
+        since: Option<StreamPosition>,
+    },
+    /// Read a room's history (§7).
+    History {
+        /// Request id.
+        id: Option<RequestId>,
+        /// The room.
+        room: Name,
+        /// At most this many messages (the server caps it).
+        limit: Option<u32>,
+        /// Only messages after this position.
+        since: Option<StreamPosition>,
     },
     /// Leave a room (acked also when not subscribed).
     Unsubscribe {
@@ -138,6 +169,12 @@ impl RawClientFrame {
             Name::new("room", &r).map_err(|e| bad(e.to_string()))
         };
         let token = |t: Option<String>| t.ok_or_else(|| bad(format!("`{kind}` needs a `token`")));
+        let since = |s: Option<StreamPosition>| match s {
+            Some(p) if p.epoch.is_empty() || p.epoch.len() > MAX_EPOCH_LEN => Err(bad(format!(
+                "`since.epoch` must be 1 to {MAX_EPOCH_LEN} bytes"
+            ))),
+            other => Ok(other),
+        };
         Ok(match kind {
             "auth" => ClientFrame::Auth {
                 token: token(self.token)?,
@@ -146,6 +183,13 @@ impl RawClientFrame {
                 id,
                 room: room(self.room)?,
                 presence_events: self.presence_events.unwrap_or(false),
+                since: since(self.since)?,
+            },
+            "history" => ClientFrame::History {
+                id,
+                room: room(self.room)?,
+                limit: self.limit,
+                since: since(self.since)?,
             },
             "unsubscribe" => ClientFrame::Unsubscribe {
                 id,
@@ -215,6 +259,50 @@ pub struct MessageFrame<'a> {
     pub id: &'a str,
     /// Milliseconds since the epoch at which the message was accepted.
     pub ts: u64,
+    /// Offset in the room's stream, in rooms with history (§7). Last but
+    /// one on purpose: a frame encoded without a position can be given one
+    /// by appending these two fields (see the gateway's `EncodedFrame`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Epoch of the room's stream, with `offset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
+}
+
+/// A `message` frame as read back from history: owned, decoded from the
+/// JSON a node stored, to be encoded again (with its position) in any codec.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct StoredMessage {
+    /// Room, user or tenant.
+    pub scope: Scope,
+    /// The room.
+    #[serde(default)]
+    pub room: Option<String>,
+    /// Event name.
+    pub event: String,
+    /// Payload.
+    #[serde(default)]
+    pub data: Value,
+    /// Message id.
+    pub id: String,
+    /// Acceptance time, ms since the epoch.
+    pub ts: u64,
+}
+
+impl StoredMessage {
+    /// The frame, at `offset` of the stream `epoch`.
+    pub fn frame<'a>(&'a self, offset: u64, epoch: &'a str) -> MessageFrame<'a> {
+        MessageFrame {
+            scope: self.scope,
+            room: self.room.as_deref(),
+            event: &self.event,
+            data: &self.data,
+            id: &self.id,
+            ts: self.ts,
+            offset: Some(offset),
+            epoch: Some(epoch),
+        }
+    }
 }
 
 /// Frames the server sends.
@@ -239,6 +327,16 @@ pub enum ServerFrame<'a> {
         /// Request id.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
+        /// `subscribe` with `since`: whether every missed message follows.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        /// `subscribe` (and `publish`) in a room with history: the stream's epoch.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        /// With `epoch`: the room's latest offset (`subscribe`), or the
+        /// published message's (`publish`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
     },
     /// A request failed.
     Error {
@@ -268,6 +366,20 @@ pub enum ServerFrame<'a> {
     },
     /// A published message.
     Message(MessageFrame<'a>),
+    /// Reply to `history`: messages oldest first.
+    History {
+        /// Request id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The room.
+        room: &'a str,
+        /// The stream's epoch.
+        epoch: &'a str,
+        /// The room's latest offset.
+        offset: u64,
+        /// The messages, each a `message` frame with its position.
+        messages: &'a [MessageFrame<'a>],
+    },
     /// A user joined a room (first connection of that user in the room).
     Join {
         /// The room.
@@ -285,6 +397,16 @@ pub enum ServerFrame<'a> {
 }
 
 impl<'a> ServerFrame<'a> {
+    /// A plain `ack`.
+    pub fn ack(id: Option<RequestId>) -> Self {
+        ServerFrame::Ack {
+            id,
+            recovered: None,
+            epoch: None,
+            offset: None,
+        }
+    }
+
     /// An `error` frame for a refused request.
     pub fn error(err: &'a FrameError) -> Self {
         ServerFrame::Error {

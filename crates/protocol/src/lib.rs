@@ -24,6 +24,9 @@ pub mod pattern;
 
 pub use codec::{Codec, Encoded};
 pub use codes::{CloseCode, ErrorCode};
-pub use frames::{ClientFrame, FrameError, MessageFrame, PresenceMember, Scope, ServerFrame};
+pub use frames::{
+    ClientFrame, FrameError, MessageFrame, PresenceMember, Scope, ServerFrame, StoredMessage,
+    StreamPosition,
+};
 pub use names::{Name, NameError};
 pub use pattern::RoomPattern;

@@ -92,14 +92,15 @@ pub(super) async fn run(floor: Arc<Floor>, on_upgrade: OnUpgrade, socket: u64, c
                                 .unwrap_or_else(|p| p.into_inner())
                                 .insert(socket, Member { tx, codec });
                         }
-                        ServerFrame::Ack { id }
+                        ServerFrame::ack(id)
                     }
                     Ok(ClientFrame::Ping { id }) => ServerFrame::Pong { id },
                     Ok(ClientFrame::Auth { .. }) => continue,
                     Ok(ClientFrame::Unsubscribe { id, .. }
                     | ClientFrame::Publish { id, .. }
                     | ClientFrame::Presence { id, .. }
-                    | ClientFrame::Refresh { id, .. }) => ServerFrame::Ack { id },
+                    | ClientFrame::History { id, .. }
+                    | ClientFrame::Refresh { id, .. }) => ServerFrame::ack(id),
                     Err(_) => continue,
                 };
                 let Some(reply) = encode(codec, &reply) else { break };

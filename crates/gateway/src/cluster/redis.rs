@@ -15,6 +15,7 @@
 //! - `supervisor`: connection state → readiness; resync after a reconnect.
 //! - `registry` (+ `batch`, `sync`, `state`): the actor that owns this
 //!   node's entries in Redis.
+//! - `route`: the route and history scripts' calls and replies.
 //! - `receiver`: pub/sub → bounded queue → hub; the subscriber probe.
 //! - `connect`: the two fred clients; why two.
 //! - `keys`, `scripts`, `envelope`: key names, Lua scripts, the wire format
@@ -30,6 +31,7 @@ mod health;
 mod keys;
 mod receiver;
 mod registry;
+mod route;
 mod scripts;
 mod supervisor;
 

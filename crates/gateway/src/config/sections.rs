@@ -37,7 +37,31 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// TLS on the main listener (`wss://`, `https://`) without a proxy in front.
     pub tls: Option<TlsConfig>,
+    /// Which rooms keep history (§7 of the protocol); the first matching
+    /// rule wins, and a room no rule matches keeps none.
+    pub history: Vec<HistoryRule>,
 }
+
+/// One `[[history]]` rule: rooms matching `tenant` and `rooms` keep their
+/// last `size` messages, for `ttl` after the room's last publish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    /// A tenant name, or `"*"` for every tenant.
+    pub tenant: String,
+    /// A room pattern (`*` matches any run of characters, as in token claims).
+    pub rooms: String,
+    /// Messages kept per room (at most [`MAX_HISTORY_SIZE`]).
+    pub size: usize,
+    /// How long a quiet room keeps its messages (at most [`MAX_HISTORY_TTL`]).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+/// Largest `size` of a history rule: a replay is at most this many messages.
+pub const MAX_HISTORY_SIZE: usize = 10_000;
+/// Longest `ttl` of a history rule.
+pub const MAX_HISTORY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Certificate and key of the main listener, PEM files. Read at start; a
 /// rotated certificate takes effect on restart.
@@ -64,6 +88,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             redis: None,
             tls: None,
+            history: Vec::new(),
         }
     }
 }
@@ -198,6 +223,14 @@ pub struct Limits {
     pub max_http_body_bytes: usize,
     /// Most messages in one `/v1/publish/batch`.
     pub max_batch_messages: usize,
+    /// Embedded bus only: memory all rooms' history may take, counted as
+    /// the stored message bytes; beyond it the history of the rooms
+    /// published to longest ago is dropped (and counted). In cluster mode
+    /// history lives in Redis and this does not apply.
+    pub history_memory_bytes: usize,
+    /// Embedded bus only: idempotency keys remembered at once (each for 5
+    /// minutes); beyond it the oldest are forgotten early (and counted).
+    pub idempotency_keys: usize,
 }
 
 impl Default for Limits {
@@ -216,6 +249,8 @@ impl Default for Limits {
             send_queue_bytes: 4 * 1024 * 1024,
             max_http_body_bytes: 1024 * 1024,
             max_batch_messages: 1_000,
+            history_memory_bytes: 256 * 1024 * 1024,
+            idempotency_keys: 1_000_000,
         }
     }
 }

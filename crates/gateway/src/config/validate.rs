@@ -1,7 +1,9 @@
 //! Checks that go beyond types: ranges, combinations, files that must exist.
 
 use super::error::ConfigError;
-use super::sections::{Config, JwtAlgorithm, KeyConfig, RedisConfig};
+use super::sections::{
+    Config, HistoryRule, JwtAlgorithm, KeyConfig, MAX_HISTORY_SIZE, MAX_HISTORY_TTL, RedisConfig,
+};
 
 /// HS256 secret of development mode. Public on purpose: development mode only
 /// listens on loopback, and `fanout token` must mint tokens the node accepts.
@@ -62,6 +64,9 @@ impl Config {
             }
         }
         self.validate_limits()?;
+        for rule in &self.history {
+            validate_history(rule)?;
+        }
         if let Some(redis) = &self.redis {
             validate_redis(redis)?;
         }
@@ -137,6 +142,15 @@ impl Config {
         }
         if l.malformed_strikes == 0 {
             return Err(invalid("limits.malformed_strikes", "must be at least 1"));
+        }
+        if l.history_memory_bytes < l.max_message_bytes {
+            return Err(invalid(
+                "limits.history_memory_bytes",
+                "must be at least limits.max_message_bytes, or no message fits in history",
+            ));
+        }
+        if l.idempotency_keys == 0 {
+            return Err(invalid("limits.idempotency_keys", "must be at least 1"));
         }
         if l.send_queue_bytes < l.max_message_bytes {
             return Err(invalid(
@@ -227,6 +241,35 @@ fn validate_redis(r: &RedisConfig) -> Result<(), ConfigError> {
     }
     if r.pubsub_buffer < 1024 {
         return Err(invalid("redis.pubsub_buffer", "must be at least 1024"));
+    }
+    Ok(())
+}
+
+fn validate_history(rule: &HistoryRule) -> Result<(), ConfigError> {
+    if rule.tenant != "*" {
+        fanout_protocol::names::validate_name("tenant", &rule.tenant)
+            .map_err(|e| invalid("history.tenant", format!("{e} (or \"*\" for every tenant)")))?;
+    }
+    fanout_protocol::RoomPattern::parse(&rule.rooms)
+        .map_err(|e| invalid("history.rooms", e.to_string()))?;
+    if rule.size == 0 || rule.size > MAX_HISTORY_SIZE {
+        return Err(invalid(
+            "history.size",
+            format!(
+                "must be 1 to {MAX_HISTORY_SIZE} messages, got {}",
+                rule.size
+            ),
+        ));
+    }
+    if rule.ttl < std::time::Duration::from_secs(1) || rule.ttl > MAX_HISTORY_TTL {
+        return Err(invalid(
+            "history.ttl",
+            format!(
+                "must be 1s to {}, got {}",
+                humantime_serde::re::humantime::format_duration(MAX_HISTORY_TTL),
+                humantime_serde::re::humantime::format_duration(rule.ttl)
+            ),
+        ));
     }
     Ok(())
 }

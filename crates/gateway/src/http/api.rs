@@ -1,17 +1,19 @@
 //! Handlers of the backend API (`/v1/...`).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use fanout_protocol::Name;
 use fanout_protocol::api::{
-    BatchRequest, BatchResponse, PresenceResponse, PublishRequest, PublishResponse, StatsResponse,
+    BatchRequest, BatchResponse, HistoryResponse, PresenceResponse, PublishRequest,
+    PublishResponse, StatsResponse,
 };
+use fanout_protocol::{Name, ServerFrame, StreamPosition};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiError;
 use super::extract::{ApiKey, Body};
-use crate::node::{Node, NodeError, Publish, PublishSource};
+use crate::node::{Node, NodeError, Publish, PublishSource, Sent};
 
 fn node_ready(node: &Node) -> Result<(), ApiError> {
     if node.is_draining() {
@@ -28,13 +30,23 @@ pub(crate) async fn publish(
 ) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
     node_ready(&node)?;
     key.check_tenant(&req.tenant)?;
-    let id = node
+    let sent = node
         .publish(Publish::from_request(req)?, PublishSource::Http)
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(PublishResponse { id })))
+    Ok((StatusCode::ACCEPTED, Json(response(sent))))
 }
 
-/// `POST /v1/publish/batch`: every entry is validated and encoded before any is sent.
+fn response(sent: Sent) -> PublishResponse {
+    PublishResponse {
+        id: sent.id,
+        offset: sent.position.as_ref().map(|p| p.offset),
+        epoch: sent.position.map(|p| p.epoch.to_string()),
+    }
+}
+
+/// `POST /v1/publish/batch`: every entry is validated and encoded before
+/// any is sent; then they are sent in order, and a failure part-way answers
+/// the error with the ids of the entries already delivered.
 pub(crate) async fn publish_batch(
     State(node): State<Node>,
     key: ApiKey,
@@ -55,8 +67,17 @@ pub(crate) async fn publish_batch(
         prepared.push(entry.map_err(|source| ApiError::BatchEntry { index, source })?);
     }
     let mut ids = Vec::with_capacity(prepared.len());
-    for p in prepared {
-        ids.push(node.send(p, PublishSource::Http).await?);
+    for (index, p) in prepared.into_iter().enumerate() {
+        match node.send(p, PublishSource::Http).await {
+            Ok(sent) => ids.push(sent.id),
+            Err(source) => {
+                return Err(ApiError::BatchFailed {
+                    index,
+                    accepted: ids,
+                    source,
+                });
+            }
+        }
     }
     Ok((StatusCode::ACCEPTED, Json(BatchResponse { ids })))
 }
@@ -77,6 +98,49 @@ pub(crate) async fn presence(
     let (tenant, room) = names(&tenant, "room", &room)?;
     let members = node.presence(&tenant, &room).await?;
     Ok(Json(PresenceResponse { members }))
+}
+
+/// Query of `GET /v1/tenants/{tenant}/rooms/{room}/history`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct HistoryParams {
+    limit: Option<u32>,
+    since: Option<u64>,
+    epoch: Option<String>,
+}
+
+/// `GET /v1/tenants/{tenant}/rooms/{room}/history`.
+pub(crate) async fn history(
+    State(node): State<Node>,
+    key: ApiKey,
+    Path((tenant, room)): Path<(String, String)>,
+    Query(params): Query<HistoryParams>,
+) -> Result<Json<HistoryResponse>, ApiError> {
+    key.check_tenant(&tenant)?;
+    let (tenant, room) = names(&tenant, "room", &room)?;
+    let since = match (params.since, params.epoch) {
+        (Some(offset), Some(epoch)) => Some(StreamPosition { offset, epoch }),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::BadBody(
+                "give `since` and `epoch` together, or neither".into(),
+            ));
+        }
+    };
+    let history = node
+        .history(&tenant, &room, since.as_ref(), params.limit)
+        .await?;
+    let messages = history
+        .frames()
+        .into_iter()
+        .map(|f| serde_json::to_value(ServerFrame::Message(f)))
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    Ok(Json(HistoryResponse {
+        room: room.to_string(),
+        epoch: history.epoch.to_string(),
+        offset: history.offset,
+        messages,
+    }))
 }
 
 /// `POST /v1/tenants/{tenant}/users/{user}/disconnect`.

@@ -32,6 +32,17 @@ pub enum ApiError {
     /// A domain error.
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// A batch stopped at an entry it could not send; the entries before
+    /// it were delivered (their ids are in the answer).
+    #[error("messages[{index}]: {source}")]
+    BatchFailed {
+        /// Index of the entry that failed.
+        index: usize,
+        /// Ids of the entries delivered before it, in order.
+        accepted: Vec<String>,
+        /// Why the entry failed.
+        source: NodeError,
+    },
     /// A batch entry failed validation.
     #[error("messages[{index}]: {source}")]
     BatchEntry {
@@ -60,7 +71,9 @@ impl ApiError {
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::Node(e) | ApiError::BatchEntry { source: e, .. } => match e {
+            ApiError::Node(e)
+            | ApiError::BatchEntry { source: e, .. }
+            | ApiError::BatchFailed { source: e, .. } => match e {
                 NodeError::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
                 NodeError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
                 NodeError::Forbidden(_) | NodeError::RoomLimit { .. } => {
@@ -68,6 +81,8 @@ impl ApiError {
                 }
                 NodeError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
                 NodeError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+                NodeError::NoHistory(_) => (StatusCode::NOT_FOUND, "no_history"),
+                NodeError::HistoryGap { .. } => (StatusCode::CONFLICT, "history_gap"),
                 NodeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
                 NodeError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
@@ -81,11 +96,17 @@ impl IntoResponse for ApiError {
         if let ApiError::Node(NodeError::Internal(cause)) = &self {
             tracing::error!(%cause, "internal error in HTTP API");
         }
+        let message = self.to_string();
+        let ids = match self {
+            ApiError::BatchFailed { accepted, .. } => Some(accepted),
+            _ => None,
+        };
         let body = ErrorResponse {
             error: ErrorBody {
                 code: code.into(),
-                message: self.to_string(),
+                message,
             },
+            ids,
         };
         (status, Json(body)).into_response()
     }

@@ -39,6 +39,20 @@ pub enum NodeError {
         /// `limits.max_message_bytes`.
         max: usize,
     },
+    /// The room keeps no history (no `[[history]]` rule matches it).
+    #[error("room {0} keeps no history")]
+    NoHistory(String),
+    /// A history read's `since` is of another epoch or older than what is
+    /// kept; the stream's current position.
+    #[error(
+        "history_gap: the room's stream is at epoch {epoch}, offset {offset}; the messages after the given position are no longer (or were never) in its history"
+    )]
+    HistoryGap {
+        /// The stream's epoch.
+        epoch: String,
+        /// Its latest offset.
+        offset: u64,
+    },
     /// The node is draining; the caller should go to another node.
     #[error("node is draining; retry on another node")]
     Draining,
@@ -57,6 +71,8 @@ impl NodeError {
             NodeError::InvalidName(_) | NodeError::BadRequest(_) => ErrorCode::BadRequest,
             NodeError::Forbidden(_) | NodeError::RoomLimit { .. } => ErrorCode::Forbidden,
             NodeError::TooLarge { .. } => ErrorCode::TooLarge,
+            NodeError::NoHistory(_) => ErrorCode::NotFound,
+            NodeError::HistoryGap { .. } => ErrorCode::HistoryGap,
             NodeError::Draining | NodeError::Unavailable(_) | NodeError::Internal(_) => {
                 ErrorCode::Unavailable
             }

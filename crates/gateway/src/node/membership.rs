@@ -10,22 +10,81 @@
 
 use std::sync::Arc;
 
-use fanout_protocol::{Codec, Name};
+use fanout_protocol::{Codec, Name, ServerFrame, StreamPosition};
+use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 
 use super::error::NodeError;
 use super::presence::PresenceEvent;
 use super::state::Node;
 use crate::auth::Grant;
-use crate::cluster::AdmitError;
-use crate::hub::ConnHandle;
+use crate::cluster::{AdmitError, HistoryQuery};
 use crate::hub::queue::SendQueue;
+use crate::hub::{ConnHandle, GoLive, Hub};
+use crate::message::to_message;
+use crate::metrics as m;
 
 /// How a connection joins a room.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JoinOptions {
     /// Receive `join`/`leave` events of the room.
     pub presence_events: bool,
+    /// Recover from this position (§7): replay what followed it.
+    pub since: Option<StreamPosition>,
+}
+
+/// A subscribe's answer, and — in a room with history — the member's
+/// switch from pending to live. The caller encodes the `ack` from
+/// `stream` and `recovered` and hands it to [`Subscription::start`], which
+/// queues it, then the replay, and only then lets live messages through.
+/// Dropping it unstarted goes live without an ack (nothing is lost).
+#[derive(Debug)]
+#[must_use = "start() queues the ack and the replay, and makes the member live"]
+pub struct Subscription {
+    /// The room's stream: epoch and latest offset (rooms with history).
+    pub stream: Option<(Arc<str>, u64)>,
+    /// With `since`: whether every missed message is replayed.
+    pub recovered: Option<bool>,
+    conn: Arc<ConnHandle>,
+    /// The pending member, for rooms with history.
+    pending: Option<Pending>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    hub: Hub,
+    room: Name,
+    epoch: Arc<str>,
+    top: u64,
+    /// Replayed messages, in the connection's codec, oldest first.
+    replay: Vec<Message>,
+}
+
+impl Subscription {
+    /// Queues `ack`, then the replay, then makes the member live.
+    pub fn start(mut self, ack: Message) {
+        // An overflow closes the connection through its queue.
+        let _ = self.conn.queue.push(ack);
+        self.go_live();
+    }
+
+    fn go_live(&mut self) {
+        let Some(p) = self.pending.take() else { return };
+        for msg in p.replay {
+            if self.conn.queue.push(msg).is_err() {
+                break;
+            }
+        }
+        if p.hub.go_live(&self.conn, &p.room, &p.epoch, p.top) == GoLive::Broken {
+            tracing::warn!(room = %p.room, "room stream broke while a member went live");
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.go_live();
+    }
 }
 
 impl Node {
@@ -55,34 +114,105 @@ impl Node {
 
     /// Subscribes `conn` to `room` (the caller has checked the grant). A
     /// repeat only updates the options. Sends a `join` event when the user
-    /// became present in the room cluster-wide.
+    /// became present in the room cluster-wide. In a room with history the
+    /// connection joins *pending*: its history is read (from `since`, if
+    /// given) and live messages wait until [`Subscription::start`].
     pub async fn join(
         &self,
         conn: &Arc<ConnHandle>,
         room: &Name,
         options: JoinOptions,
-    ) -> Result<(), NodeError> {
+    ) -> Result<Subscription, NodeError> {
         let max = self.inner.config.limits.max_rooms_per_connection;
         if !conn.is_in(room) && conn.room_count() >= max {
             return Err(NodeError::RoomLimit { max });
         }
         let hub = &self.inner.hub;
-        let joined = hub.join(conn, room, options.presence_events);
-        if !joined.new_member {
-            return Ok(());
-        }
-        match self.inner.bus.joined(conn, room, joined).await {
-            Ok(user_joined) => {
-                if user_joined {
-                    self.presence_event(PresenceEvent::joined(conn, room)).await;
+        let spec = self.stream_spec(&conn.tenant, room);
+        let joined = match spec {
+            Some(_) => hub.join_pending(conn, room, options.presence_events),
+            None => hub.join(conn, room, options.presence_events),
+        };
+        if joined.new_member {
+            match self.inner.bus.joined(conn, room, joined).await {
+                Ok(true) => self.presence_event(PresenceEvent::joined(conn, room)).await,
+                Ok(false) => {}
+                Err(e) => {
+                    hub.leave(conn, room);
+                    return Err(NodeError::Unavailable(e));
                 }
-                Ok(())
-            }
-            Err(e) => {
-                hub.leave(conn, room);
-                Err(NodeError::Unavailable(e))
             }
         }
+        let Some(spec) = spec else {
+            return Ok(Subscription {
+                stream: None,
+                recovered: options.since.as_ref().map(|_| false),
+                conn: conn.clone(),
+                pending: None,
+            });
+        };
+        // Where the stream stands (and, recovering, what was missed). Read
+        // after the bus registered the member, so that whatever is published
+        // from now on reaches it live: the read and the live stream overlap,
+        // they cannot leave a hole.
+        let since = options.since.clone().filter(|_| joined.new_member);
+        let query = HistoryQuery {
+            after: since.as_ref().map(|s| s.offset),
+            limit: if since.is_some() { spec.size } else { 0 },
+        };
+        let page = match self
+            .inner
+            .bus
+            .history(&conn.tenant, room, spec, query)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                if joined.new_member {
+                    self.leave(conn, room).await;
+                }
+                return Err(NodeError::Unavailable(e));
+            }
+        };
+        let recovered = match &since {
+            Some(s) => Some(page.covers(s.offset, &s.epoch)),
+            // A repeat subscribe is live already; it is not replayed to.
+            None => options.since.as_ref().map(|_| false),
+        };
+        if let Some(r) = recovered {
+            m::recovery(r);
+        }
+        let replay = match recovered {
+            Some(true) => super::history::decode(&page)
+                .iter()
+                .filter_map(|(offset, stored)| {
+                    let frame = ServerFrame::Message(stored.frame(*offset, &page.epoch));
+                    conn.codec.encode(&frame).ok().map(to_message)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let stream = Some((page.epoch.clone(), page.top));
+        if !joined.new_member {
+            return Ok(Subscription {
+                stream,
+                recovered,
+                conn: conn.clone(),
+                pending: None,
+            });
+        }
+        Ok(Subscription {
+            stream,
+            recovered,
+            conn: conn.clone(),
+            pending: Some(Pending {
+                hub: hub.clone(),
+                room: room.clone(),
+                epoch: page.epoch,
+                top: page.top,
+                replay,
+            }),
+        })
     }
 
     /// Unsubscribes `conn` from `room` (nothing if it is not a member). Sends

@@ -9,6 +9,7 @@ use fanout_protocol::{Name, PresenceMember, ServerFrame};
 use super::error::NodeError;
 use super::state::Node;
 use crate::clock::now_millis;
+use crate::cluster::PublishOptions;
 use crate::hub::ConnHandle;
 use crate::message::{Audience, Broadcast, ConnId, EncodedFrame, Recipients};
 use crate::metrics as m;
@@ -86,8 +87,14 @@ impl Node {
             accepted_at: Instant::now(),
             ts: now_millis(),
             id: Arc::from(""),
+            position: None,
         };
-        if let Err(e) = self.inner.bus.publish(&broadcast).await {
+        if let Err(e) = self
+            .inner
+            .bus
+            .publish(&broadcast, PublishOptions::default())
+            .await
+        {
             tracing::warn!(error = %e, "presence event not sent to other nodes");
             m::dropped("bus_unavailable");
         }

@@ -14,7 +14,8 @@ use serde_json::Value;
 use super::error::NodeError;
 use super::state::Node;
 use crate::clock::now_millis;
-use crate::message::{Audience, Broadcast, ConnId, EncodedFrame, Recipients};
+use crate::cluster::{PublishOptions, Published};
+use crate::message::{Audience, Broadcast, ConnId, EncodedFrame, Position, Recipients};
 use crate::metrics as m;
 
 /// Where a publish came from (a metric label).
@@ -39,6 +40,8 @@ pub struct Publish {
     pub data: Value,
     /// The publishing connection, which does not get its own message back.
     pub exclude: Option<ConnId>,
+    /// Deliver at most once per key (§8); HTTP publishes only.
+    pub idempotency_key: Option<Name>,
 }
 
 impl Publish {
@@ -56,12 +59,18 @@ impl Publish {
             (None, Some(user)) => Audience::User(Name::new("user", &user)?),
             (None, None) => Audience::Tenant,
         };
+        let idempotency_key = req
+            .idempotency_key
+            .as_deref()
+            .map(|k| Name::new("idempotency_key", k))
+            .transpose()?;
         Ok(Self {
             tenant,
             audience,
             event,
             data: req.data,
             exclude: None,
+            idempotency_key,
         })
     }
 }
@@ -71,6 +80,17 @@ impl Publish {
 pub struct Prepared {
     broadcast: Broadcast,
     scope: Scope,
+    idempotency_key: Option<Name>,
+}
+
+/// What a publish answers: the message's id, and its position in a room
+/// with history. For a repeated idempotency key, the first publish's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// Message id.
+    pub id: String,
+    /// Offset and epoch, in a room with history.
+    pub position: Option<Position>,
 }
 
 impl Prepared {
@@ -106,6 +126,8 @@ impl Node {
             data: &publish.data,
             id: &id,
             ts,
+            offset: None,
+            epoch: None,
         });
         let encoded =
             EncodedFrame::encode(&frame).map_err(|e| NodeError::Internal(e.to_string()))?;
@@ -118,6 +140,7 @@ impl Node {
         }
         Ok(Prepared {
             scope,
+            idempotency_key: publish.idempotency_key,
             broadcast: Broadcast {
                 tenant: publish.tenant,
                 audience: publish.audience,
@@ -127,37 +150,65 @@ impl Node {
                 accepted_at: Instant::now(),
                 ts,
                 id: Arc::from(id),
+                position: None,
             },
         })
     }
 
-    /// Sends a prepared message: other nodes through the bus, then local members.
-    pub async fn send(
-        &self,
-        prepared: Prepared,
-        source: PublishSource,
-    ) -> Result<String, NodeError> {
+    /// Sends a prepared message: other nodes through the bus, then local
+    /// members. In a room with history the bus gives the message its
+    /// position first, and local members get the frame with it.
+    pub async fn send(&self, prepared: Prepared, source: PublishSource) -> Result<Sent, NodeError> {
         if self.is_draining() {
             return Err(NodeError::Draining);
         }
-        self.inner.bus.publish(&prepared.broadcast).await?;
-        if self.inner.hub.deliver(&prepared.broadcast).queued > 0 {
+        let Prepared {
+            mut broadcast,
+            scope,
+            idempotency_key,
+        } = prepared;
+        let history = match &broadcast.audience {
+            Audience::Room(room) => self.stream_spec(&broadcast.tenant, room),
+            _ => None,
+        };
+        let opts = PublishOptions {
+            history,
+            idempotency_key: idempotency_key.as_ref(),
+        };
+        let position = match self.inner.bus.publish(&broadcast, opts).await? {
+            Published::Duplicate { id, position } => {
+                m::idempotent_duplicate();
+                return Ok(Sent { id, position });
+            }
+            Published::Accepted { position } => position,
+        };
+        if let Some(pos) = &position {
+            let frame = broadcast.frame.with_position(pos).ok_or_else(|| {
+                NodeError::Internal("a message frame did not take its position".into())
+            })?;
+            broadcast.frame = Arc::new(frame);
+            broadcast.position = Some(pos.clone());
+        }
+        if self.inner.hub.deliver(&broadcast).queued > 0 {
             m::routed("local", 1);
         }
         let source = match source {
             PublishSource::Client => "ws",
             PublishSource::Http => "http",
         };
-        m::published(source, scope_label(prepared.scope));
-        Ok(prepared.broadcast.id.to_string())
+        m::published(source, scope_label(scope));
+        Ok(Sent {
+            id: broadcast.id.to_string(),
+            position,
+        })
     }
 
-    /// Validates, encodes and sends one message; returns its id.
+    /// Validates, encodes and sends one message.
     pub async fn publish(
         &self,
         publish: Publish,
         source: PublishSource,
-    ) -> Result<String, NodeError> {
+    ) -> Result<Sent, NodeError> {
         let prepared = self.prepare(publish)?;
         self.send(prepared, source).await
     }

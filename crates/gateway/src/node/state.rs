@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::error::{BuildError, NodeError, Unready};
+use super::history::HistoryRules;
 use crate::auth::{ApiKeys, TokenVerifier};
 use crate::cluster::Bus;
 use crate::config::Config;
@@ -31,6 +32,8 @@ pub(super) struct NodeInner {
     pub(super) verifier: TokenVerifier,
     /// Backend API keys.
     pub(super) api_keys: ApiKeys,
+    /// `[[history]]`, compiled: which rooms keep history.
+    pub(super) history: HistoryRules,
     /// Renders `/metrics`.
     pub(super) metrics: PrometheusHandle,
     /// Cancelled when the drain starts (by [`Node::begin_drain`]); sessions
@@ -82,6 +85,7 @@ impl Node {
             ApiKeys::new(&config.api_keys)
         }
         .map_err(BuildError::ApiKeys)?;
+        let history = HistoryRules::new(&config.history);
         Ok(Self {
             inner: Arc::new(NodeInner {
                 id: parts.id,
@@ -90,6 +94,7 @@ impl Node {
                 bus: parts.bus,
                 verifier,
                 api_keys,
+                history,
                 metrics: parts.metrics,
                 draining: CancellationToken::new(),
                 started: Instant::now(),

@@ -3,11 +3,14 @@
 use std::time::Instant;
 
 use fanout_protocol::frames::RequestId;
-use fanout_protocol::{ClientFrame, CloseCode, ErrorCode, FrameError, Name, ServerFrame};
+use fanout_protocol::{
+    ClientFrame, CloseCode, ErrorCode, FrameError, Name, ServerFrame, StreamPosition,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::warn;
 
 use super::{Flow, Session, expiry_instant};
-use crate::message::Audience;
+use crate::message::{Audience, to_message};
 use crate::metrics as m;
 use crate::node::{JoinOptions, NodeError, Publish, PublishSource};
 
@@ -15,6 +18,7 @@ fn frame_label(frame: &ClientFrame) -> &'static str {
     match frame {
         ClientFrame::Auth { .. } => "auth",
         ClientFrame::Subscribe { .. } => "subscribe",
+        ClientFrame::History { .. } => "history",
         ClientFrame::Unsubscribe { .. } => "unsubscribe",
         ClientFrame::Publish { .. } => "publish",
         ClientFrame::Presence { .. } => "presence",
@@ -83,7 +87,7 @@ where
     }
 
     fn ack(&self, id: Option<RequestId>) {
-        self.reply(&ServerFrame::Ack { id });
+        self.reply(&ServerFrame::ack(id));
     }
 
     async fn on_frame(&mut self, frame: ClientFrame) -> Flow {
@@ -96,8 +100,22 @@ where
                 id,
                 room,
                 presence_events,
+                since,
             } => {
-                self.subscribe(id, room, presence_events).await;
+                let options = JoinOptions {
+                    presence_events,
+                    since,
+                };
+                self.subscribe(id, room, options).await;
+                Flow::Continue
+            }
+            ClientFrame::History {
+                id,
+                room,
+                limit,
+                since,
+            } => {
+                self.history(id, room, limit, since).await;
                 Flow::Continue
             }
             ClientFrame::Unsubscribe { id, room } => {
@@ -141,7 +159,7 @@ where
         }
     }
 
-    async fn subscribe(&mut self, id: Option<RequestId>, room: Name, presence_events: bool) {
+    async fn subscribe(&mut self, id: Option<RequestId>, room: Name, options: JoinOptions) {
         if !self.grant.can_subscribe(room.as_str()) {
             self.refuse(
                 id,
@@ -150,12 +168,53 @@ where
             );
             return;
         }
+        match self.node.join(&self.handle, &room, options).await {
+            Ok(sub) => {
+                let ack = ServerFrame::Ack {
+                    id,
+                    recovered: sub.recovered,
+                    epoch: sub.stream.as_ref().map(|s| &*s.0),
+                    offset: sub.stream.as_ref().map(|s| s.1),
+                };
+                match self.handle.codec.encode(&ack) {
+                    Ok(encoded) => sub.start(to_message(encoded)),
+                    Err(e) => warn!(error = %e, "encoding an ack failed"),
+                }
+            }
+            Err(e) => self.node_error(id, &e),
+        }
+    }
+
+    async fn history(
+        &mut self,
+        id: Option<RequestId>,
+        room: Name,
+        limit: Option<u32>,
+        since: Option<StreamPosition>,
+    ) {
+        if !self.grant.can_subscribe(room.as_str()) {
+            self.refuse(
+                id,
+                ErrorCode::Forbidden,
+                format!("not allowed to read the history of {room}"),
+            );
+            return;
+        }
         match self
             .node
-            .join(&self.handle, &room, JoinOptions { presence_events })
+            .history(&self.grant.tenant, &room, since.as_ref(), limit)
             .await
         {
-            Ok(()) => self.ack(id),
+            Ok(history) => {
+                let messages = history.frames();
+                self.reply(&ServerFrame::History {
+                    id,
+                    room: room.as_str(),
+                    epoch: &history.epoch,
+                    offset: history.offset,
+                    messages: &messages,
+                });
+            }
             Err(e) => self.node_error(id, &e),
         }
     }
@@ -201,9 +260,17 @@ where
             event,
             data,
             exclude: Some(self.handle.id),
+            idempotency_key: None,
         };
         match self.node.publish(publish, PublishSource::Client).await {
-            Ok(_) => self.ack(id),
+            // The position lets a client that tracks offsets count its own
+            // message, which it is not sent back.
+            Ok(sent) => self.reply(&ServerFrame::Ack {
+                id,
+                recovered: None,
+                epoch: sent.position.as_ref().map(|p| &*p.epoch),
+                offset: sent.position.as_ref().map(|p| p.offset),
+            }),
             Err(e) => self.node_error(id, &e),
         }
         Flow::Continue

@@ -14,10 +14,8 @@ use fanout_protocol::api::{ClusterStats, Counts};
 use fanout_protocol::{Name, PresenceMember};
 use fred::clients::Client;
 use fred::interfaces::{
-    ClientLike, EventInterface, HashesInterface, KeysInterface, PubsubInterface,
-    SortedSetsInterface,
+    ClientLike, EventInterface, HashesInterface, KeysInterface, SortedSetsInterface,
 };
-use fred::types::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -27,10 +25,13 @@ use super::health::{Health, NodeLiveness};
 use super::keys::Keyspace;
 use super::receiver::{self, Probes};
 use super::registry::{self, Actor, Registry};
-use super::scripts;
+use super::route::{self, Route};
 use super::supervisor::supervise;
 use crate::clock::now_millis;
-use crate::cluster::{AdmitError, Bus, BusError, NotReady};
+use crate::cluster::{
+    AdmitError, Bus, BusError, HistoryPage, HistoryQuery, NotReady, PublishOptions, Published,
+    StreamSpec,
+};
 use crate::config::RedisConfig;
 use crate::hub::{ConnHandle, ConnLimits, Hub, Joined, Left};
 use crate::message::{Audience, Broadcast, Recipients};
@@ -166,6 +167,8 @@ impl RedisBus {
             presence_only: msg.is_some_and(|b| b.recipients == Recipients::PresenceWatchers),
             json,
             msgpack,
+            offset: None,
+            epoch: None,
         }
         .encode()
         .map_err(|e| BusError::Encode {
@@ -173,26 +176,16 @@ impl RedisBus {
         })
     }
 
-    async fn route_user(
-        &self,
-        tenant: &Name,
-        user: &Name,
-        payload: bytes::Bytes,
-    ) -> Result<i64, BusError> {
-        let mut args: Vec<Value> = vec![
-            self.keys.node().into(),
-            self.keys.inbox_prefix().into(),
-            Value::Bytes(payload),
-        ];
-        args.extend(self.liveness.dead().into_iter().map(Value::from));
-        scripts::ROUTE_USER
-            .evalsha_with_reload::<i64, _, _>(
-                &self.publisher,
-                vec![self.keys.user_conns(tenant, user)],
-                args,
-            )
-            .await
-            .map_err(|e| BusError::redis("route_user", e))
+    fn route<'a>(&'a self, msg: Option<&'a Broadcast>, opts: PublishOptions<'a>) -> Route<'a> {
+        Route {
+            keys: &self.keys,
+            publisher: &self.publisher,
+            direct_max_nodes: self.config.direct_max_nodes,
+            id: msg.map_or("", |b| &b.id),
+            json: msg.map(|b| b.frame.json_bytes()).unwrap_or_default(),
+            history: opts.history,
+            idempotency_key: opts.idempotency_key,
+        }
     }
 }
 
@@ -241,48 +234,37 @@ impl Bus for RedisBus {
             .await
     }
 
-    async fn publish(&self, msg: &Broadcast) -> Result<(), BusError> {
+    async fn publish(
+        &self,
+        msg: &Broadcast,
+        opts: PublishOptions<'_>,
+    ) -> Result<Published, BusError> {
         self.check_ready()?;
         let started = Instant::now();
         let payload = self.envelope(Kind::Deliver, Some(msg), &msg.tenant, None)?;
-        match &msg.audience {
-            Audience::Room(room) => {
-                let args: Vec<Value> = vec![
-                    self.keys.node().into(),
-                    now_millis().to_string().into(),
-                    self.config.direct_max_nodes.to_string().into(),
-                    self.keys.room_channel(&msg.tenant, room).into(),
-                    self.keys.inbox_prefix().into(),
-                    Value::Bytes(payload),
-                ];
-                let reply: Vec<i64> = scripts::ROUTE_ROOM
-                    .evalsha_with_reload(
-                        &self.publisher,
-                        vec![self.keys.room_hosts(&msg.tenant, room)],
-                        args,
-                    )
-                    .await
-                    .map_err(|e| BusError::redis("route_room", e))?;
-                match reply.get(1) {
-                    Some(1) => m::routed("room_channel", 1),
-                    _ => m::routed("direct", reply.get(2).copied().unwrap_or(0) as u64),
-                }
-            }
+        let route = self.route(Some(msg), opts);
+        let published = match &msg.audience {
+            Audience::Room(room) => route.room(&msg.tenant, room, payload).await?,
             Audience::User(user) => {
-                let sent = self.route_user(&msg.tenant, user, payload).await?;
-                m::routed("direct", sent as u64);
+                route
+                    .user(&msg.tenant, user, payload, self.liveness.dead())
+                    .await?
             }
-            Audience::Tenant => {
-                let _: i64 = self
-                    .publisher
-                    .publish(self.keys.tenant_channel(&msg.tenant), payload)
-                    .await
-                    .map_err(|e| BusError::redis("publish", e))?;
-                m::routed("tenant_channel", 1);
-            }
-        }
+            Audience::Tenant => route.tenant(&msg.tenant, payload).await?,
+        };
         m::redis_publish(started.elapsed());
-        Ok(())
+        Ok(published)
+    }
+
+    async fn history(
+        &self,
+        tenant: &Name,
+        room: &Name,
+        spec: StreamSpec,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, BusError> {
+        self.check_ready()?;
+        route::read_history(&self.publisher, &self.keys, tenant, room, spec, query).await
     }
 
     async fn presence(&self, tenant: &Name, room: &Name) -> Result<Vec<PresenceMember>, BusError> {
@@ -321,7 +303,10 @@ impl Bus for RedisBus {
     async fn disconnect_user(&self, tenant: &Name, user: &Name) -> Result<(), BusError> {
         self.check_ready()?;
         let payload = self.envelope(Kind::Disconnect, None, tenant, Some(user))?;
-        self.route_user(tenant, user, payload).await.map(|_| ())
+        self.route(None, PublishOptions::default())
+            .user(tenant, user, payload, self.liveness.dead())
+            .await
+            .map(|_| ())
     }
 
     async fn cluster_stats(&self) -> Result<ClusterStats, BusError> {

@@ -62,6 +62,15 @@ pub struct Envelope {
     /// The frame as MessagePack.
     #[serde(default)]
     pub msgpack: Bytes,
+    /// Rooms with history: the message's offset. Never set by the origin:
+    /// the route script appends it (with `epoch`) to the encoded map, in the
+    /// same step that assigns it, so every node receives the position Redis
+    /// assigned. An older node ignores both fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Rooms with history: the stream's epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 impl Envelope {
@@ -94,6 +103,8 @@ mod tests {
             presence_only: false,
             json: Bytes::from_static(br#"{"type":"message"}"#),
             msgpack: Bytes::from_static(&[0x81, 0xa1, 0x61, 0x01]),
+            offset: None,
+            epoch: None,
         };
         let bytes = e.encode().unwrap();
         assert_eq!(Envelope::decode(&bytes).unwrap(), e);

@@ -87,6 +87,31 @@ impl Keyspace {
         ]
     }
 
+    /// STREAM of a room's history: entry id `<offset>-0`, field `j` = the
+    /// `message` frame as JSON without its position; trimmed to the rule's
+    /// size, expiring by its TTL.
+    pub(crate) fn room_stream(&self, tenant: &Name, room: &Name) -> String {
+        format!("{}:{{{tenant}/{room}}}:stream", self.prefix)
+    }
+
+    /// HASH `epoch`, `top` of a room's stream; outlives the stream (see
+    /// `StreamSpec::meta_ttl`), so that an expired room keeps its epoch and
+    /// counter.
+    pub(crate) fn room_meta(&self, tenant: &Name, room: &Name) -> String {
+        format!("{}:{{{tenant}/{room}}}:meta", self.prefix)
+    }
+
+    /// STRING `id|offset|epoch` of an accepted idempotency key of a room
+    /// publish (in the room's slot); expires after the idempotency window.
+    pub(crate) fn room_idempotency(&self, tenant: &Name, room: &Name, key: &Name) -> String {
+        format!("{}:{{{tenant}/{room}}}:idem:{key}", self.prefix)
+    }
+
+    /// The same for user and tenant publishes (in the tenant's slot).
+    pub(crate) fn tenant_idempotency(&self, tenant: &Name, key: &Name) -> String {
+        format!("{}:{{{tenant}}}:idem:{key}", self.prefix)
+    }
+
     /// A room's channel, used when the room is spread over many nodes.
     pub(crate) fn room_channel(&self, tenant: &Name, room: &Name) -> String {
         format!("{}:{{{tenant}/{room}}}:ch", self.prefix)

@@ -31,7 +31,7 @@ use super::envelope::{Envelope, Kind, VERSION};
 use super::health::Health;
 use crate::clock::now_millis;
 use crate::hub::Hub;
-use crate::message::{Audience, Broadcast, EncodedFrame, Recipients};
+use crate::message::{Audience, Broadcast, EncodedFrame, Position, Recipients};
 use crate::metrics as m;
 
 /// Moves pub/sub messages (from the subscriber's `message_rx()`) into the
@@ -131,6 +131,24 @@ fn deliver(hub: &Hub, env: Envelope) {
         m::pubsub_dropped("malformed");
         return;
     };
+    // A room message with history: the route script appended its position.
+    let position = match (env.offset, env.epoch) {
+        (Some(offset), Some(epoch)) if offset > 0 => Some(Position {
+            offset,
+            epoch: Arc::from(epoch),
+        }),
+        _ => None,
+    };
+    let frame = match &position {
+        Some(pos) => match frame.with_position(pos) {
+            Some(frame) => frame,
+            None => {
+                m::pubsub_dropped("malformed");
+                return;
+            }
+        },
+        None => frame,
+    };
     hub.deliver(&Broadcast {
         tenant,
         audience,
@@ -144,6 +162,7 @@ fn deliver(hub: &Hub, env: Envelope) {
         accepted_at: Instant::now(),
         ts: env.ts,
         id: Arc::from(env.id.as_str()),
+        position,
     });
 }
 
@@ -211,6 +230,8 @@ impl Prober {
                 presence_only: false,
                 json: Bytes::new(),
                 msgpack: Bytes::new(),
+                offset: None,
+                epoch: None,
             };
             let Ok(bytes) = env.encode() else { continue };
             if self

@@ -134,50 +134,102 @@ return {left, redis.call('ZCARD', KEYS[1])}
 });
 
 /// Route a room message: the routing rule of the cluster, decided atomically
-/// with the registry it reads.
+/// with the registry it reads, and — in a room with history — the
+/// message's position, assigned in the same step.
 ///
-/// KEYS: room hosts zset.
-/// ARGV: origin node, now, K (direct_max_nodes), room channel, inbox prefix, envelope.
+/// KEYS: room hosts zset, room stream, room meta hash, idempotency key
+///       (all of the room's slot; the last is only read when ARGV[12] > 0).
+/// ARGV: 1 origin node, 2 now, 3 K (direct_max_nodes), 4 room channel,
+///       5 inbox prefix, 6 envelope, 7 history size (0: no history),
+///       8 stream TTL (ms), 9 meta TTL (ms), 10 epoch to use if the room has
+///       none, 11 the frame as JSON (stored), 12 idempotency window (ms, 0:
+///       no key), 13 message id.
 ///
-/// With at most K live hosts the envelope goes to each host's inbox except
-/// the origin's; with more, it is published once on the room channel, to
-/// which every host subscribed before it registered. Each host therefore
-/// gets exactly one copy whichever way the room is routed, and because both
-/// its inbox and the room channel arrive on the same subscriber connection
-/// in the order Redis executed the publishes, a publisher's order holds
-/// across a switch. Returns {hosts, mode (0 direct, 1 channel), publishes}.
+/// Idempotency first: a key accepted before answers what it answered then,
+/// and nothing is published. History next: the meta hash's counter gives
+/// the offset (a room without meta — new, long quiet, or a Redis restarted
+/// empty — gets the proposed epoch and starts at 1), the JSON is appended
+/// to the stream as entry `<offset>-0` (trimmed to the size), both expire,
+/// and `offset`/`epoch` are appended to the envelope's map (a fixmap, so
+/// the first byte counts its fields). Then routing: with at most K live
+/// hosts the envelope goes to each host's inbox except the origin's; with
+/// more, it is published once on the room channel, to which every host
+/// subscribed before it registered. Each host therefore gets exactly one
+/// copy whichever way the room is routed, and because both its inbox and
+/// the room channel arrive on the same subscriber connection in the order
+/// Redis executed the publishes, offsets arrive in order too (a node's own
+/// publishes are delivered by itself; its hub puts them in order).
+///
+/// Returns {hosts, mode (0 direct, 1 channel, -1 duplicate), publishes,
+/// offset (0: no history), epoch, first answer `id|offset|epoch` (duplicate)}.
 pub(crate) static ROUTE_ROOM: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
 local origin, now, k = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local size, idem_ttl = tonumber(ARGV[7]), tonumber(ARGV[12])
+local env = ARGV[6]
+local head = string.byte(env, 1)
+if size > 0 and (head == nil or head < 128 or head > 141) then
+  return redis.error_reply('envelope is not a map of at most 13 fields')
+end
+if idem_ttl > 0 then
+  local first = redis.call('GET', KEYS[4])
+  if first then return {0, -1, 0, 0, '', first} end
+end
+local offset, epoch = 0, ''
+if size > 0 then
+  epoch = redis.call('HGET', KEYS[3], 'epoch')
+  if not epoch then
+    epoch = ARGV[10]
+    redis.call('DEL', KEYS[2])
+    redis.call('HSET', KEYS[3], 'epoch', epoch, 'top', 0)
+  end
+  offset = redis.call('HINCRBY', KEYS[3], 'top', 1)
+  redis.call('PEXPIRE', KEYS[3], ARGV[9])
+  redis.call('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'j', ARGV[11])
+  redis.call('PEXPIRE', KEYS[2], ARGV[8])
+  env = string.char(head + 2) .. string.sub(env, 2) .. cmsgpack.pack('offset')
+    .. cmsgpack.pack(offset) .. cmsgpack.pack('epoch') .. cmsgpack.pack(epoch)
+end
+if idem_ttl > 0 then
+  redis.call('SET', KEYS[4], ARGV[13] .. '|' .. offset .. '|' .. epoch, 'PX', idem_ttl)
+end
 local hosts = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 if #hosts > k then
-  redis.call('PUBLISH', ARGV[4], ARGV[6])
-  return {#hosts, 1, 1}
+  redis.call('PUBLISH', ARGV[4], env)
+  return {#hosts, 1, 1, offset, epoch, ''}
 end
 local sent = 0
 for _, node in ipairs(hosts) do
   if node ~= origin then
-    redis.call('PUBLISH', ARGV[5] .. node, ARGV[6])
+    redis.call('PUBLISH', ARGV[5] .. node, env)
     sent = sent + 1
   end
 end
-return {#hosts, 0, sent}
+return {#hosts, 0, sent, offset, epoch, ''}
 "#,
     )
 });
 
 /// Route to the nodes holding a user's connections (messages and disconnects).
 ///
-/// KEYS: user hash.
-/// ARGV: origin node, inbox prefix, envelope, dead nodes...
-/// Returns the number of inbox publishes.
+/// KEYS: user hash, idempotency key (the tenant's slot; read only when
+///       ARGV[4] > 0).
+/// ARGV: 1 origin node, 2 inbox prefix, 3 envelope, 4 idempotency window
+///       (ms, 0: no key), 5 message id, 6… dead nodes.
+/// Returns {inbox publishes, first answer `id|0|` of a duplicate or ''}.
 pub(crate) static ROUTE_USER: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
 local origin = ARGV[1]
+local idem_ttl = tonumber(ARGV[4])
+if idem_ttl > 0 then
+  local first = redis.call('GET', KEYS[2])
+  if first then return {-1, first} end
+  redis.call('SET', KEYS[2], ARGV[5] .. '|0|', 'PX', idem_ttl)
+end
 local dead = {}
-for i = 4, #ARGV do dead[ARGV[i]] = true end
+for i = 6, #ARGV do dead[ARGV[i]] = true end
 local sent = 0
 local flat = redis.call('HGETALL', KEYS[1])
 for i = 1, #flat, 2 do
@@ -187,7 +239,69 @@ for i = 1, #flat, 2 do
     sent = sent + 1
   end
 end
-return sent
+return {sent, ''}
+"#,
+    )
+});
+
+/// Publish a tenant-wide message once per idempotency key.
+///
+/// KEYS: idempotency key (the tenant's slot).
+/// ARGV: 1 tenant channel, 2 envelope, 3 idempotency window (ms), 4 message id.
+/// Returns '' when published, else the first answer `id|0|`.
+pub(crate) static ROUTE_TENANT: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+local first = redis.call('GET', KEYS[1])
+if first then return first end
+redis.call('SET', KEYS[1], ARGV[4] .. '|0|', 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return ''
+"#,
+    )
+});
+
+/// Read a room's stream.
+///
+/// KEYS: room stream, room meta hash.
+/// ARGV: 1 epoch to use if the room has none, 2 meta TTL (ms), 3 only
+///       entries after this offset (-1: the latest), 4 at most this many.
+/// A room without meta gets the proposed epoch at offset 0, as a publish
+/// would give it (so the epoch a subscriber is told is the one the next
+/// publish uses), and any stale stream is dropped.
+/// Returns {epoch, top, oldest kept (top + 1 if none), offset, json, offset, json, …};
+/// the latest entries come newest first.
+pub(crate) static HISTORY: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'top', 0)
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+local top = tonumber(redis.call('HGET', KEYS[2], 'top'))
+local oldest = top + 1
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if #first > 0 then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
+local after, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local entries = {}
+if limit > 0 then
+  if after > 0 then
+    entries = redis.call('XRANGE', KEYS[1], '(' .. after .. '-0', '+', 'COUNT', limit)
+  elseif after == 0 then
+    entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', limit)
+  else
+    entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', limit)
+  end
+end
+local out = {epoch, top, oldest}
+for _, e in ipairs(entries) do
+  table.insert(out, string.match(e[1], '^(%d+)'))
+  table.insert(out, e[2][2])
+end
+return out
 "#,
     )
 });
@@ -225,7 +339,7 @@ return 0
 });
 
 /// Every script, for loading after a (re)connect.
-pub(crate) fn all() -> [&'static Script; 8] {
+pub(crate) fn all() -> [&'static Script; 10] {
     [
         &ADMIT,
         &RELEASE,
@@ -233,6 +347,8 @@ pub(crate) fn all() -> [&'static Script; 8] {
         &LEAVE,
         &ROUTE_ROOM,
         &ROUTE_USER,
+        &ROUTE_TENANT,
+        &HISTORY,
         &SWEEP_ROOM,
         &REMOVE_DEAD_NODE,
     ]

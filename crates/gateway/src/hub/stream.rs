@@ -1,0 +1,233 @@
+//! Delivery in stream order, for rooms with history.
+//!
+//! A message with a position passes the room's [`Sequencer`] (under the
+//! room's entry lock) before it reaches members, so every member sees the
+//! room's offsets in order, each once. A member that is joining waits in a
+//! *pending* state: what arrives for it is buffered until its subscribe
+//! has been answered (ack, then the replay from history), and
+//! [`Hub::go_live`] then hands it what followed the replay and makes it
+//! live. See `docs/architecture.md` ("Recovery without gaps") for why this
+//! leaves no gap and no duplicate between replay and live messages.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::mapref::one::RefMut;
+use fanout_protocol::{CloseCode, Name};
+
+use super::sequencer::{Admit, MAX_HELD};
+use super::{ConnHandle, Delivered, Hub, MemberStream, Room, push_to};
+use crate::message::{Broadcast, Position};
+use crate::metrics as m;
+
+/// Close reason of a member whose room stream broke on this node.
+const BROKEN_REASON: &str = "room stream interrupted; resubscribe with since to recover";
+
+/// How a joining member went live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoLive {
+    /// Live: it receives every message after the offset it was given.
+    Live,
+    /// The room's stream on this node is of another epoch than the
+    /// member's history read: the stream broke; the room's members
+    /// (this one included) are closed with 4010.
+    Broken,
+    /// The connection is no longer a member (it left meanwhile).
+    Gone,
+}
+
+/// A room whose stream has waited for a missing offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamGap {
+    /// Tenant.
+    pub tenant: Name,
+    /// Room.
+    pub room: Name,
+    /// The stream's epoch.
+    pub epoch: Arc<str>,
+    /// The last offset delivered in order; the next one is missing.
+    pub last: u64,
+}
+
+impl Hub {
+    /// Joins `conn` to `room` as a *pending* member of its stream (see the
+    /// module doc). Must be followed by [`Hub::go_live`] or a leave.
+    pub fn join_pending(
+        &self,
+        conn: &Arc<ConnHandle>,
+        room: &Name,
+        presence_events: bool,
+    ) -> super::Joined {
+        self.join_as(conn, room, presence_events, true)
+    }
+
+    /// Makes a pending member live: the room's stream is anchored at
+    /// `epoch`/`top` if it was not yet (this member's history read says where
+    /// the stream stands), and the member gets, in order, what arrived after
+    /// `top` while it was pending.
+    pub fn go_live(&self, conn: &ConnHandle, room: &Name, epoch: &Arc<str>, top: u64) -> GoLive {
+        let Some(mut r) = self.room_mut(&conn.tenant, room) else {
+            return GoLive::Gone;
+        };
+        let seq = r.stream.get_or_insert_with(Default::default);
+        let Some(released) = seq.anchor(epoch, top) else {
+            self.break_locked(&mut r);
+            return GoLive::Broken;
+        };
+        if seq.position().is_some_and(|(e, _)| e != *epoch) {
+            self.break_locked(&mut r);
+            return GoLive::Broken;
+        }
+        let mut out = Delivered::default();
+        for msg in &released {
+            deliver_to_members(&mut r, msg, &mut out);
+        }
+        let Some(member) = r.members.get_mut(&conn.id) else {
+            return GoLive::Gone;
+        };
+        let stream = member.stream.get_or_insert_with(Default::default);
+        let pending = stream.pending.take().unwrap_or_default();
+        stream.after = top;
+        for msg in pending {
+            if msg.position.as_ref().is_some_and(|p| p.offset > top) {
+                push_to(&member.conn, &msg, &mut out);
+            }
+        }
+        self.note_gap(&r, conn.tenant.clone(), room.clone());
+        GoLive::Live
+    }
+
+    /// Delivers a positioned room message through the room's stream order.
+    pub(super) fn deliver_in_order(
+        &self,
+        msg: &Broadcast,
+        room: &Name,
+        pos: &Position,
+    ) -> Delivered {
+        let mut out = Delivered::default();
+        let Some(mut r) = self.room_mut(&msg.tenant, room) else {
+            return out;
+        };
+        let seq = r.stream.get_or_insert_with(Default::default);
+        match seq.admit(msg, pos) {
+            Admit::Deliver(list) => {
+                for b in &list {
+                    deliver_to_members(&mut r, b, &mut out);
+                }
+                if list.len() > 1 {
+                    m::stream_event("reordered", list.len() as u64 - 1);
+                }
+            }
+            Admit::Duplicate => m::stream_event("duplicate", 1),
+            Admit::Held => {}
+            Admit::Broken => {
+                m::stream_event("lost", 1);
+                self.break_locked(&mut r);
+            }
+        }
+        self.note_gap(&r, msg.tenant.clone(), room.clone());
+        m::delivered(out.queued, msg.accepted_at);
+        out
+    }
+
+    /// Rooms whose stream has waited longer than `wait` for a missing offset.
+    pub fn stream_gaps(&self, wait: Duration) -> Vec<StreamGap> {
+        let now = Instant::now();
+        let due: Vec<(Name, Name)> = self
+            .lock_gaps()
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= wait)
+            .map(|(k, _)| k.clone())
+            .collect();
+        due.into_iter()
+            .filter_map(|(tenant, room)| {
+                let r = self.inner.rooms.get(&(tenant.clone(), room.clone()))?;
+                let (epoch, last) = r.stream.as_ref()?.position()?;
+                Some(StreamGap {
+                    tenant,
+                    room,
+                    epoch,
+                    last,
+                })
+            })
+            .collect()
+    }
+
+    /// Declares a room's stream broken on this node: its members are closed
+    /// with 4010 (they reconnect and recover from history) and the stream
+    /// starts over with the next member.
+    pub fn break_stream(&self, tenant: &Name, room: &Name) {
+        if let Some(mut r) = self.room_mut(tenant, room) {
+            m::stream_event("lost", 1);
+            self.break_locked(&mut r);
+            self.note_gap(&r, tenant.clone(), room.clone());
+        }
+    }
+
+    fn room_mut(&self, tenant: &Name, room: &Name) -> Option<RefMut<'_, (Name, Name), Room>> {
+        self.inner.rooms.get_mut(&(tenant.clone(), room.clone()))
+    }
+
+    fn break_locked(&self, r: &mut Room) {
+        for member in r.members.values() {
+            member
+                .conn
+                .queue
+                .close(CloseCode::InsufficientState, BROKEN_REASON);
+        }
+        if let Some(seq) = r.stream.as_mut() {
+            seq.reset();
+        }
+    }
+
+    /// Keeps the gap registry in step with the room's stream.
+    fn note_gap(&self, r: &Room, tenant: Name, room: Name) {
+        let since = r.stream.as_ref().and_then(|s| s.gap_since());
+        let mut gaps = self.lock_gaps();
+        match since {
+            Some(t) => {
+                gaps.entry((tenant, room)).or_insert(t);
+            }
+            None => {
+                gaps.remove(&(tenant, room));
+            }
+        }
+    }
+
+    /// Forgets a room's gap (the room is gone).
+    pub(super) fn gap_closed(&self, key: &(Name, Name)) {
+        self.lock_gaps().remove(key);
+    }
+
+    fn lock_gaps(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(Name, Name), Instant>> {
+        self.inner.gaps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Hands one in-order message to a room's members: live ones get it (unless
+/// their replay already had it), pending ones buffer it.
+fn deliver_to_members(r: &mut Room, msg: &Broadcast, out: &mut Delivered) {
+    let offset = msg.position.as_ref().map_or(0, |p| p.offset);
+    for member in r.members.values_mut() {
+        match member.stream.as_deref_mut() {
+            Some(MemberStream {
+                pending: Some(buf), ..
+            }) => {
+                if buf.len() >= MAX_HELD {
+                    // As for a full send queue: the member cannot keep up.
+                    member
+                        .conn
+                        .queue
+                        .close(CloseCode::SlowConsumer, "fell behind while subscribing");
+                    m::slow_consumer_closed();
+                    continue;
+                }
+                buf.push(msg.clone());
+            }
+            Some(MemberStream { after, .. }) if offset <= *after => {}
+            _ => push_to(&member.conn, msg, out),
+        }
+    }
+}
