@@ -377,8 +377,9 @@ pub enum ServerFrame<'a> {
         epoch: &'a str,
         /// The room's latest offset.
         offset: u64,
-        /// The messages, each a `message` frame with its position.
-        messages: &'a [MessageFrame<'a>],
+        /// The messages, each a `message` frame (`ServerFrame::Message`)
+        /// with its position.
+        messages: &'a [ServerFrame<'a>],
     },
     /// A user joined a room (first connection of that user in the room).
     Join {

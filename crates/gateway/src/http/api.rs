@@ -7,7 +7,7 @@ use fanout_protocol::api::{
     BatchRequest, BatchResponse, HistoryResponse, PresenceResponse, PublishRequest,
     PublishResponse, StatsResponse,
 };
-use fanout_protocol::{Name, ServerFrame, StreamPosition};
+use fanout_protocol::{Name, StreamPosition};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -132,7 +132,7 @@ pub(crate) async fn history(
     let messages = history
         .frames()
         .into_iter()
-        .map(|f| serde_json::to_value(ServerFrame::Message(f)))
+        .map(|f| serde_json::to_value(f))
         .collect::<Result<Vec<Value>, _>>()
         .map_err(|e| NodeError::Internal(e.to_string()))?;
     Ok(Json(HistoryResponse {

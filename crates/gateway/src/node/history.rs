@@ -81,10 +81,10 @@ pub struct History {
 
 impl History {
     /// The messages as `message` frames with their positions.
-    pub fn frames(&self) -> Vec<fanout_protocol::MessageFrame<'_>> {
+    pub fn frames(&self) -> Vec<ServerFrame<'_>> {
         self.messages
             .iter()
-            .map(|(offset, m)| m.frame(*offset, &self.epoch))
+            .map(|(offset, m)| ServerFrame::Message(m.frame(*offset, &self.epoch)))
             .collect()
     }
 }

@@ -13,6 +13,7 @@ mod cluster_routing;
 mod cluster_support;
 mod edge;
 mod fd_limit;
+mod history;
 mod isolation;
 mod limits;
 mod nginx_support;

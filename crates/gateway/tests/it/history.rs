@@ -1,0 +1,600 @@
+//! History and recovery (docs/protocol.md §7) and idempotent publish (§8),
+//! on the embedded bus and over a real Redis: offsets and epochs, recovery
+//! after a reconnect (to the same node and to another), replay racing live
+//! messages, the `history` frame and endpoint, idempotency keys.
+
+use std::time::Duration;
+
+use fanout_gateway::Config;
+use fanout_gateway::config::HistoryRule;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::cluster_support::{ClusterNode, any_room, recv_messages, spawn_cluster};
+use crate::redis_support::RedisServer;
+use crate::support::{Client, Event, TestServer, WAIT};
+
+/// Rooms `chat:*` keep `size` messages for 5 minutes.
+fn with_history(size: usize) -> impl Fn(&mut Config) {
+    move |c: &mut Config| {
+        c.history = vec![HistoryRule {
+            tenant: "*".into(),
+            rooms: "chat:*".into(),
+            size,
+            ttl: Duration::from_secs(300),
+        }];
+    }
+}
+
+fn offset(m: &Value) -> u64 {
+    m["offset"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no offset in {m}"))
+}
+
+fn epoch(v: &Value) -> String {
+    v["epoch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no epoch in {v}"))
+        .to_owned()
+}
+
+async fn publish_seq(node: &impl ClusterNode, room: &str, seq: u64) -> Value {
+    let (status, reply) = node
+        .publish(json!({"tenant":"acme","room":room,"event":"n","data":{"seq":seq}}))
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    reply
+}
+
+/// Subscribes (with `since` if given) and returns the ack; messages that
+/// arrive before it would be a protocol violation and fail the test.
+async fn subscribe(c: &mut Client, room: &str, since: Option<(u64, &str)>) -> Value {
+    let mut frame = json!({"type":"subscribe","id":1,"room":room});
+    if let Some((offset, epoch)) = since {
+        frame["since"] = json!({"offset": offset, "epoch": epoch});
+    }
+    c.send(frame).await;
+    let ack = c.recv().await;
+    assert_eq!(ack["type"], "ack", "the ack comes first: {ack}");
+    assert_eq!(ack["id"], 1, "{ack}");
+    ack
+}
+
+/// Receives messages until offset `last`; asserts they are exactly
+/// `first..=last`, in order, of one epoch.
+async fn expect_offsets(c: &mut Client, first: u64, last: u64, epoch_is: &str) -> Vec<Value> {
+    let n = (last + 1 - first) as usize;
+    let got = recv_messages(c, n, WAIT * 2).await;
+    let offsets: Vec<u64> = got.iter().map(offset).collect();
+    let want: Vec<u64> = (first..=last).collect();
+    assert_eq!(offsets, want, "exactly once, in order");
+    for m in &got {
+        assert_eq!(epoch(m), epoch_is, "{m}");
+        assert_eq!(
+            m["data"]["seq"], m["offset"],
+            "offset {} carries seq {}",
+            m["offset"], m["data"]["seq"]
+        );
+    }
+    got
+}
+
+// ---- the same scenarios on any node(s) ----
+
+async fn offsets_and_acks(node: &impl ClusterNode) {
+    let mut a = node.connect(&any_room("a", "acme")).await;
+    let ack = subscribe(&mut a, "chat:1", None).await;
+    assert_eq!(ack["offset"], 0, "{ack}");
+    let e = epoch(&ack);
+    for seq in 1..=3 {
+        let reply = publish_seq(node, "chat:1", seq).await;
+        assert_eq!(
+            (reply["offset"].as_u64(), epoch(&reply)),
+            (Some(seq), e.clone())
+        );
+    }
+    expect_offsets(&mut a, 1, 3, &e).await;
+    let mut b = node.connect(&any_room("b", "acme")).await;
+    let ack = subscribe(&mut b, "chat:1", None).await;
+    assert_eq!((ack["offset"].as_u64(), epoch(&ack)), (Some(3), e.clone()));
+    // A client publish is acked with its position (its own message is not echoed).
+    let reply = a
+        .request(
+            json!({"type":"publish","room":"chat:1","event":"n","data":{"seq":4}}),
+            9,
+        )
+        .await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["offset"].as_u64()),
+        (Some("ack"), Some(4))
+    );
+    expect_offsets(&mut b, 4, 4, &e).await;
+    // A room without history: no positions anywhere.
+    let ack = subscribe(&mut a, "lobby", None).await;
+    assert!(
+        ack.get("epoch").is_none() && ack.get("offset").is_none(),
+        "{ack}"
+    );
+    let reply = node
+        .publish(json!({"tenant":"acme","room":"lobby","event":"n","data":1}))
+        .await
+        .1;
+    assert!(reply.get("offset").is_none(), "{reply}");
+    let m = a.recv_type("message").await;
+    assert!(m.get("offset").is_none() && m.get("epoch").is_none(), "{m}");
+}
+
+/// A client sees 1..3, goes away, 4..8 are published, it comes back (to
+/// `back`) with `since` 3: ack recovered, then 4..8, then live 9.
+async fn recovery(first: &impl ClusterNode, back: &impl ClusterNode) {
+    let mut c = first.connect(&any_room("u", "acme")).await;
+    let e = epoch(&subscribe(&mut c, "chat:r", None).await);
+    for seq in 1..=3 {
+        publish_seq(first, "chat:r", seq).await;
+    }
+    expect_offsets(&mut c, 1, 3, &e).await;
+    drop(c);
+    for seq in 4..=8 {
+        publish_seq(first, "chat:r", seq).await;
+    }
+    let mut c = back.connect(&any_room("u", "acme")).await;
+    let ack = subscribe(&mut c, "chat:r", Some((3, &e))).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    assert_eq!((ack["offset"].as_u64(), epoch(&ack)), (Some(8), e.clone()));
+    expect_offsets(&mut c, 4, 8, &e).await;
+    publish_seq(back, "chat:r", 9).await;
+    expect_offsets(&mut c, 9, 9, &e).await;
+    c.expect_silence(Duration::from_millis(200)).await;
+}
+
+/// Messages keep coming while clients recover: each recovering client gets
+/// every offset after its `since` exactly once, in order.
+async fn replay_races_live(
+    publish_to: &[&(impl ClusterNode + Sync)],
+    recover_on: &[&impl ClusterNode],
+) {
+    const N: u64 = 300;
+    let room = "chat:race";
+    let mut watcher = recover_on[0].connect(&any_room("w", "acme")).await;
+    let e = epoch(&subscribe(&mut watcher, room, None).await);
+    let addrs: Vec<_> = publish_to.iter().map(|n| n.addr()).collect();
+    let publisher = tokio::spawn(async move {
+        for seq in 1..=N {
+            let node = addrs[(seq as usize) % addrs.len()];
+            let (status, reply) = node
+                .publish(json!({"tenant":"acme","room":room,"event":"n","data":{"seq":seq}}))
+                .await;
+            assert_eq!(status, 202, "{reply}");
+            // Offsets follow the order of the publish calls here (one at a time).
+            assert_eq!(reply["offset"], seq, "{reply}");
+        }
+    });
+    // Clients that recover at different points of the stream.
+    let mut recovering = Vec::new();
+    for (i, node) in recover_on.iter().cycle().take(4).enumerate() {
+        let mut c = node.connect(&any_room(&format!("r{i}"), "acme")).await;
+        subscribe(&mut c, room, None).await;
+        let seen = recv_messages(&mut c, 20 * (i + 1), WAIT * 2).await;
+        let last = seen.last().map_or(0, offset);
+        drop(c);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut c = node.connect(&any_room(&format!("r{i}"), "acme")).await;
+        let ack = subscribe(&mut c, room, Some((last, &e))).await;
+        assert_eq!(ack["recovered"], true, "{ack}");
+        recovering.push((c, last));
+    }
+    publisher.await.expect("publisher");
+    for (c, last) in &mut recovering {
+        expect_offsets(c, *last + 1, N, &e).await;
+    }
+    expect_offsets(&mut watcher, 1, N, &e).await;
+}
+
+async fn not_recovered(node: &impl ClusterNode) {
+    let room = "chat:short"; // the rule keeps 5 here
+    let mut c = node.connect(&any_room("u", "acme")).await;
+    let e = epoch(&subscribe(&mut c, room, None).await);
+    drop(c);
+    for seq in 1..=10 {
+        publish_seq(node, room, seq).await;
+    }
+    let mut top = 10;
+    // Trimmed (the rule keeps 5), another epoch, ahead of the stream.
+    for since in [(2, e.as_str()), (3, "another-epoch"), (99, e.as_str())] {
+        let mut c = node.connect(&any_room("u", "acme")).await;
+        let ack = subscribe(&mut c, room, Some(since)).await;
+        assert_eq!(ack["recovered"], false, "since {since:?}: {ack}");
+        assert_eq!(
+            (ack["offset"].as_u64(), epoch(&ack)),
+            (Some(top), e.clone())
+        );
+        c.expect_silence(Duration::from_millis(150)).await;
+        top += 1;
+        publish_seq(node, room, top).await;
+        let m = c.recv_type("message").await;
+        assert_eq!(offset(&m), top, "live from the current offset on: {m}");
+    }
+    let mut c = node.connect(&any_room("u", "acme")).await;
+    let ack = subscribe(&mut c, "lobby", Some((1, &e))).await;
+    assert_eq!(ack["recovered"], false, "{ack}");
+    assert!(ack.get("epoch").is_none(), "{ack}");
+}
+
+async fn history_reads(node: &impl ClusterNode) {
+    for seq in 1..=5 {
+        publish_seq(node, "chat:h", seq).await;
+    }
+    let mut c = node.connect(&any_room("u", "acme")).await;
+    let h = c
+        .request(json!({"type":"history","room":"chat:h","limit":3}), 4)
+        .await;
+    assert_eq!(
+        (h["type"].as_str(), h["offset"].as_u64()),
+        (Some("history"), Some(5)),
+        "{h}"
+    );
+    let e = epoch(&h);
+    let offsets: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(offset)
+        .collect();
+    assert_eq!(offsets, vec![3, 4, 5], "the latest 3, oldest first");
+    assert_eq!(h["messages"][0]["type"], "message");
+    assert_eq!(h["messages"][0]["data"]["seq"], 3);
+    let h = c
+        .request(
+            json!({"type":"history","room":"chat:h","limit":2,"since":{"offset":1,"epoch":e}}),
+            5,
+        )
+        .await;
+    let offsets: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(offset)
+        .collect();
+    assert_eq!(offsets, vec![2, 3], "the first 2 after 1");
+    let gap = c
+        .request(
+            json!({"type":"history","room":"chat:h","since":{"offset":1,"epoch":"nope"}}),
+            6,
+        )
+        .await;
+    assert_eq!(
+        (gap["type"].as_str(), gap["code"].as_u64()),
+        (Some("error"), Some(409)),
+        "{gap}"
+    );
+    let none = c.request(json!({"type":"history","room":"lobby"}), 7).await;
+    assert_eq!(none["code"], 404, "{none}");
+
+    let (status, body) = node
+        .api_get("/v1/tenants/acme/rooms/chat:h/history?limit=2")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["room"].as_str(), body["offset"].as_u64()),
+        (Some("chat:h"), Some(5))
+    );
+    let offsets: Vec<u64> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(offset)
+        .collect();
+    assert_eq!(offsets, vec![4, 5]);
+    let (status, body) = node
+        .api_get(&format!(
+            "/v1/tenants/acme/rooms/chat:h/history?since=1&epoch={e}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["messages"].as_array().map(Vec::len), Some(4));
+    let (status, body) = node
+        .api_get("/v1/tenants/acme/rooms/chat:h/history?since=1&epoch=nope")
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("history_gap")),
+        "{body}"
+    );
+    let (status, body) = node.api_get("/v1/tenants/acme/rooms/lobby/history").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("no_history")),
+        "{body}"
+    );
+    let (status, _) = node
+        .api_get("/v1/tenants/acme/rooms/chat:h/history?since=1")
+        .await;
+    assert_eq!(status, 400);
+}
+
+async fn idempotent(publish_to: &[&impl ClusterNode], member_on: &impl ClusterNode) {
+    let mut c = member_on.connect(&any_room("u", "acme")).await;
+    subscribe(&mut c, "chat:i", None).await;
+    subscribe(&mut c, "lobby", None).await;
+    for room in ["chat:i", "lobby"] {
+        let body = json!({"tenant":"acme","room":room,"event":"n","data":{"seq":1},"idempotency_key":format!("k-{room}")});
+        let mut replies = Vec::new();
+        for node in publish_to.iter().cycle().take(3) {
+            let (status, reply) = node.publish(body.clone()).await;
+            assert_eq!(status, 202, "{reply}");
+            replies.push(reply);
+        }
+        assert!(
+            replies.iter().all(|r| *r == replies[0]),
+            "every retry answers the first publish: {replies:?}"
+        );
+        let got = recv_messages(&mut c, 2, Duration::from_millis(400)).await;
+        assert_eq!(got.len(), 1, "delivered once: {got:?}");
+        assert_eq!(got[0]["id"], replies[0]["id"]);
+    }
+    // Batch entries carry keys too.
+    let entry = json!({"tenant":"acme","room":"chat:i","event":"n","data":{"seq":2},"idempotency_key":"batch-1"});
+    let (s1, r1) = publish_to[0]
+        .api_post(
+            "/v1/publish/batch",
+            &json!({"messages":[entry.clone(), entry]}),
+        )
+        .await;
+    assert_eq!(s1, 202, "{r1}");
+    assert_eq!(
+        r1["ids"][0], r1["ids"][1],
+        "the second entry repeats the first: {r1}"
+    );
+    assert_eq!(
+        recv_messages(&mut c, 2, Duration::from_millis(400))
+            .await
+            .len(),
+        1
+    );
+    // A key is a name.
+    let (status, reply) = publish_to[0]
+        .publish(json!({"tenant":"acme","room":"lobby","event":"n","idempotency_key":"not a name"}))
+        .await;
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (400, Some("invalid_name")),
+        "{reply}"
+    );
+}
+
+// ---- embedded bus ----
+
+async fn embedded() -> TestServer {
+    TestServer::spawn_with(|c| {
+        with_history(100)(c);
+        c.history.insert(
+            0,
+            HistoryRule {
+                tenant: "*".into(),
+                rooms: "chat:short".into(),
+                size: 5,
+                ttl: Duration::from_secs(300),
+            },
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn embedded_offsets_epochs_and_acks() {
+    offsets_and_acks(&embedded().await).await;
+}
+
+#[tokio::test]
+async fn embedded_recovery_after_a_reconnect_is_exact() {
+    let node = embedded().await;
+    recovery(&node, &node).await;
+}
+
+#[tokio::test]
+async fn embedded_replay_racing_live_messages_leaves_no_gap_and_no_duplicate() {
+    let node = embedded().await;
+    replay_races_live(&[&node], &[&node]).await;
+}
+
+#[tokio::test]
+async fn embedded_out_of_history_or_other_epoch_is_not_recovered() {
+    not_recovered(&embedded().await).await;
+}
+
+#[tokio::test]
+async fn embedded_history_frame_and_endpoint() {
+    history_reads(&embedded().await).await;
+}
+
+#[tokio::test]
+async fn embedded_idempotent_publish() {
+    let node = embedded().await;
+    idempotent(&[&node], &node).await;
+}
+
+// ---- a cluster over a real Redis ----
+
+async fn cluster(redis: &RedisServer, n: usize) -> Vec<TestServer> {
+    spawn_cluster(redis, n, |c| {
+        with_history(100)(c);
+        c.history.insert(
+            0,
+            HistoryRule {
+                tenant: "*".into(),
+                rooms: "chat:short".into(),
+                size: 5,
+                ttl: Duration::from_secs(300),
+            },
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn cluster_offsets_epochs_and_acks() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 1).await;
+    offsets_and_acks(&nodes[0]).await;
+}
+
+#[tokio::test]
+async fn cluster_recovery_on_another_node_is_exact() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 2).await;
+    recovery(&nodes[0], &nodes[1]).await;
+}
+
+#[tokio::test]
+async fn cluster_replay_racing_live_messages_from_two_nodes_leaves_no_gap_and_no_duplicate() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 2).await;
+    replay_races_live(&[&nodes[0], &nodes[1]], &[&nodes[0], &nodes[1]]).await;
+}
+
+#[tokio::test]
+async fn cluster_out_of_history_or_other_epoch_is_not_recovered() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 1).await;
+    not_recovered(&nodes[0]).await;
+}
+
+#[tokio::test]
+async fn cluster_history_frame_and_endpoint() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 1).await;
+    history_reads(&nodes[0]).await;
+}
+
+#[tokio::test]
+async fn cluster_idempotent_publish_across_nodes() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 2).await;
+    idempotent(&[&nodes[0], &nodes[1]], &nodes[1]).await;
+}
+
+/// Three nodes publish into one room at once: every subscriber, on every
+/// node, sees offsets 1..=N contiguous and in order, and the same message
+/// at each offset.
+#[tokio::test]
+async fn cluster_concurrent_publishes_from_three_nodes_get_one_order_everywhere() {
+    const PER_NODE: u64 = 60;
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 3).await;
+    let mut subs = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut c = node.connect(&any_room(&format!("s{i}"), "acme")).await;
+        subscribe(&mut c, "chat:c", None).await;
+        subs.push(c);
+    }
+    let mut tasks = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let addr = node.addr();
+        tasks.push(tokio::spawn(async move {
+            for k in 0..PER_NODE {
+                let (status, reply) = addr
+                    .publish(json!({"tenant":"acme","room":"chat:c","event":"n","data":{"from":i,"k":k}}))
+                    .await;
+                assert_eq!(status, 202, "{reply}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("publisher");
+    }
+    let total = PER_NODE * 3;
+    let mut orders = Vec::new();
+    for c in &mut subs {
+        let got = recv_messages(c, total as usize, WAIT * 3).await;
+        let offsets: Vec<u64> = got.iter().map(offset).collect();
+        assert_eq!(
+            offsets,
+            (1..=total).collect::<Vec<_>>(),
+            "contiguous and in order"
+        );
+        orders.push(got.iter().map(|m| m["id"].clone()).collect::<Vec<_>>());
+    }
+    assert!(
+        orders.iter().all(|o| *o == orders[0]),
+        "the same message at each offset on every node"
+    );
+}
+
+/// Redis restarted empty: the room's stream starts a new epoch, and a
+/// client recovering from the old one is told it did not recover.
+#[tokio::test]
+async fn cluster_a_redis_restarted_empty_gives_a_new_epoch() {
+    let mut redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 1).await;
+    let node = &nodes[0];
+    let mut c = node.connect(&any_room("u", "acme")).await;
+    let old = epoch(&subscribe(&mut c, "chat:e", None).await);
+    for seq in 1..=3 {
+        publish_seq(node, "chat:e", seq).await;
+    }
+    drop(c);
+    redis.restart().await;
+    let ready = crate::redis_support::eventually(crate::cluster_support::READY_WAIT, async || {
+        node.readyz().await.0 == 200
+    })
+    .await;
+    assert!(ready, "node ready again: {:?}", node.readyz().await);
+    let reply = publish_seq(node, "chat:e", 1).await;
+    let new = epoch(&reply);
+    assert_ne!(new, old, "a new epoch");
+    assert_eq!(reply["offset"], 1, "offsets start again at 1");
+    let mut c = node.connect(&any_room("u", "acme")).await;
+    let ack = subscribe(&mut c, "chat:e", Some((3, &old))).await;
+    assert_eq!(ack["recovered"], false, "{ack}");
+    assert_eq!((ack["offset"].as_u64(), epoch(&ack)), (Some(1), new));
+}
+
+/// A node drains (1012) while messages keep coming; its client reconnects
+/// to the other node with `since` and misses nothing, sees nothing twice.
+#[tokio::test]
+async fn cluster_recovery_across_a_drain_is_exact() {
+    const N: u64 = 200;
+    let redis = RedisServer::start().await;
+    let mut nodes = cluster(&redis, 2).await;
+    let survivor = nodes.pop().expect("node-1");
+    let draining = nodes.pop().expect("node-0");
+    let mut c = draining.connect(&any_room("u", "acme")).await;
+    let e = epoch(&subscribe(&mut c, "chat:d", None).await);
+    let to = survivor.addr();
+    let publisher = tokio::spawn(async move {
+        for seq in 1..=N {
+            let (status, reply) = to
+                .publish(json!({"tenant":"acme","room":"chat:d","event":"n","data":{"seq":seq}}))
+                .await;
+            assert_eq!(status, 202, "{reply}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let mut seen = recv_messages(&mut c, 30, WAIT).await;
+    draining.shutdown.cancel();
+    // Read to the close: whatever arrived before it counts as seen.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match c
+            .next_event(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            Some(Event::Frame(m)) if m["type"] == "message" => seen.push(m),
+            Some(Event::Frame(_)) => {}
+            Some(Event::Closed(cf)) => {
+                assert_eq!(cf.map(|c| c.0), Some(1012));
+                break;
+            }
+            None => panic!("no 1012 within {WAIT:?}"),
+        }
+    }
+    let last = seen.last().map_or(0, offset);
+    let offsets: Vec<u64> = seen.iter().map(offset).collect();
+    assert_eq!(offsets, (1..=last).collect::<Vec<_>>());
+    let mut c = survivor.connect(&any_room("u", "acme")).await;
+    let ack = subscribe(&mut c, "chat:d", Some((last, &e))).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    publisher.await.expect("publisher");
+    expect_offsets(&mut c, last + 1, N, &e).await;
+}
