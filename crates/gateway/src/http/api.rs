@@ -132,7 +132,7 @@ pub(crate) async fn history(
     let messages = history
         .frames()
         .into_iter()
-        .map(|f| serde_json::to_value(f))
+        .map(serde_json::to_value)
         .collect::<Result<Vec<Value>, _>>()
         .map_err(|e| NodeError::Internal(e.to_string()))?;
     Ok(Json(HistoryResponse {
