@@ -95,6 +95,24 @@ impl HistoryPage {
     pub fn covers(&self, offset: u64, epoch: &str) -> bool {
         *self.epoch == *epoch && offset <= self.top && offset + 1 >= self.oldest
     }
+
+    /// Whether `messages` are exactly the offsets following `offset`, one
+    /// by one, up to `top` (a page read with a limit below the count of
+    /// messages after `offset` is never complete). A hole inside a stream
+    /// cannot be made by fanout's scripts, but a Redis evicting or altering
+    /// keys could make one: recovery must not paper over it.
+    pub fn complete_after(&self, offset: u64) -> bool {
+        self.contiguous_after(offset) && offset + self.messages.len() as u64 == self.top
+    }
+
+    /// Whether `messages` are offsets `offset + 1`, `offset + 2`, … with no
+    /// hole (possibly fewer than up to `top`, for a page with a limit).
+    pub fn contiguous_after(&self, offset: u64) -> bool {
+        self.messages
+            .iter()
+            .zip(offset + 1..)
+            .all(|((o, _), want)| *o == want)
+    }
 }
 
 /// A fresh epoch: 10 random characters of `[0-9a-z]` (about 51 bits).
@@ -131,6 +149,12 @@ mod tests {
         assert!(p.covers(57, "e1"), "nothing missed");
         assert!(!p.covers(58, "e1"), "ahead of the stream");
         assert!(!p.covers(41, "e2"), "another epoch");
+        let mut holed = page(3, 1);
+        holed.messages = vec![(1, Bytes::new()), (3, Bytes::new())];
+        assert!(!holed.complete_after(0), "offset 2 is missing");
+        holed.messages = vec![(2, Bytes::new()), (3, Bytes::new())];
+        assert!(holed.complete_after(1));
+        assert!(!holed.complete_after(0), "offset 1 is missing");
         let expired = page(57, 58);
         assert!(expired.covers(57, "e1"));
         assert!(!expired.covers(56, "e1"));

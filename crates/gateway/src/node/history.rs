@@ -132,7 +132,7 @@ impl Node {
         };
         let page = self.inner.bus.history(tenant, room, spec, query).await?;
         if let Some(s) = since
-            && !page.covers(s.offset, &s.epoch)
+            && !(page.covers(s.offset, &s.epoch) && page.contiguous_after(s.offset))
         {
             return Err(NodeError::HistoryGap {
                 epoch: page.epoch.to_string(),
@@ -199,7 +199,9 @@ impl Node {
                 return false;
             }
         };
-        if !page.covers(gap.last, &gap.epoch) {
+        // Everything after the last offset delivered must be there, up to
+        // the newest (held ones included; the sequencer drops repeats).
+        if !page.covers(gap.last, &gap.epoch) || !page.complete_after(gap.last) {
             tracing::warn!(tenant = %gap.tenant, room = %gap.room, last = gap.last, "messages missing on this node are no longer in history; members must recover");
             self.inner.hub.break_stream(&gap.tenant, &gap.room);
             return true;

@@ -175,7 +175,7 @@ impl Node {
             }
         };
         let recovered = match &since {
-            Some(s) => Some(page.covers(s.offset, &s.epoch)),
+            Some(s) => Some(page.covers(s.offset, &s.epoch) && page.complete_after(s.offset)),
             // A repeat subscribe is live already; it is not replayed to.
             None => options.since.as_ref().map(|_| false),
         };

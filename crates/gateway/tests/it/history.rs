@@ -598,3 +598,66 @@ async fn cluster_recovery_across_a_drain_is_exact() {
     publisher.await.expect("publisher");
     expect_offsets(&mut c, last + 1, N, &e).await;
 }
+
+/// Does what the route script does for a message, except publishing it:
+/// the message is numbered and stored, as if pub/sub had lost it on its way
+/// to every node.
+async fn lose_on_pubsub(redis: &RedisServer, room: &str, seq: u64, store: bool) {
+    let prefix = crate::cluster_support::PREFIX;
+    let meta = format!("{prefix}:{{acme/{room}}}:meta");
+    let stream = format!("{prefix}:{{acme/{room}}}:stream");
+    let top = redis.command(&["HINCRBY", &meta, "top", "1"]).await;
+    assert_eq!(
+        top,
+        vec![seq.to_string()],
+        "the lost message is offset {seq}"
+    );
+    if store {
+        let json = json!({"type":"message","scope":"room","room":room,"event":"n","data":{"seq":seq},"id":format!("lost-{seq}"),"ts":1}).to_string();
+        redis
+            .command(&["XADD", &stream, &format!("{seq}-0"), "j", &json])
+            .await;
+    }
+}
+
+/// Messages pub/sub lost are read from history when the next one shows the
+/// gap, and delivered in order before it: the client sees every offset once.
+#[tokio::test]
+async fn cluster_a_gap_left_by_pubsub_is_filled_from_history() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 2).await;
+    let mut c = nodes[1].connect(&any_room("u", "acme")).await;
+    let e = epoch(&subscribe(&mut c, "chat:g", None).await);
+    for seq in 1..=2 {
+        publish_seq(&nodes[0], "chat:g", seq).await;
+    }
+    expect_offsets(&mut c, 1, 2, &e).await;
+    for seq in 3..=5 {
+        lose_on_pubsub(&redis, "chat:g", seq, true).await;
+    }
+    publish_seq(&nodes[0], "chat:g", 6).await;
+    let got = expect_offsets(&mut c, 3, 6, &e).await;
+    assert_eq!(got[0]["id"], "lost-3", "filled from history: {}", got[0]);
+    c.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// A gap history no longer covers is not delivered silently: the room's
+/// members on the node are closed with 4010, and recover on reconnect as
+/// far as history allows.
+#[tokio::test]
+async fn cluster_a_gap_history_cannot_fill_closes_members_with_4010() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 2).await;
+    let mut c = nodes[1].connect(&any_room("u", "acme")).await;
+    let e = epoch(&subscribe(&mut c, "chat:lost", None).await);
+    publish_seq(&nodes[0], "chat:lost", 1).await;
+    expect_offsets(&mut c, 1, 1, &e).await;
+    lose_on_pubsub(&redis, "chat:lost", 2, false).await;
+    publish_seq(&nodes[0], "chat:lost", 3).await;
+    let (code, reason) = c.expect_close().await;
+    assert_eq!(code, 4010, "{reason}");
+    let mut c = nodes[1].connect(&any_room("u", "acme")).await;
+    let ack = subscribe(&mut c, "chat:lost", Some((1, &e))).await;
+    assert_eq!(ack["recovered"], false, "offset 2 is lost for good: {ack}");
+    assert_eq!(ack["offset"], 3, "{ack}");
+}
