@@ -231,3 +231,144 @@ fn deliver_to_members(r: &mut Room, msg: &Broadcast, out: &mut Delivered) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use fanout_protocol::{Codec, MessageFrame, Scope, ServerFrame};
+    use tokio_tungstenite::tungstenite::Message;
+
+    use super::*;
+    use crate::hub::queue::{Next, SendQueue};
+    use crate::hub::{ConnLimits, Hub};
+    use crate::message::{Audience, EncodedFrame, Recipients};
+
+    fn name(s: &str) -> Name {
+        Name::new("test", s).unwrap()
+    }
+
+    fn conn(hub: &Hub, user: &str) -> Arc<ConnHandle> {
+        let id = hub.next_conn_id();
+        let c = Arc::new(ConnHandle::new(
+            id,
+            id.to_string(),
+            name("t"),
+            name(user),
+            Codec::Json,
+            SendQueue::new(64, 1 << 20),
+        ));
+        hub.try_insert(c.clone(), ConnLimits::default()).unwrap();
+        c
+    }
+
+    fn msg(offset: u64, epoch: &str) -> Broadcast {
+        let data = serde_json::json!(offset);
+        let frame = ServerFrame::Message(MessageFrame {
+            scope: Scope::Room,
+            room: Some("r"),
+            event: "e",
+            data: &data,
+            id: "m",
+            ts: 0,
+            offset: Some(offset),
+            epoch: Some(epoch),
+        });
+        Broadcast {
+            tenant: name("t"),
+            audience: Audience::Room(name("r")),
+            recipients: Recipients::Everyone,
+            exclude: None,
+            frame: Arc::new(EncodedFrame::encode(&frame).unwrap()),
+            accepted_at: Instant::now(),
+            ts: 0,
+            id: Arc::from("m"),
+            position: Some(Position {
+                offset,
+                epoch: Arc::from(epoch),
+            }),
+        }
+    }
+
+    /// The offsets queued for `c`, in order, draining its queue.
+    fn queued(c: &ConnHandle) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Next::Frame(Message::Text(t)) = c.queue.pop() {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            out.push(v["offset"].as_u64().unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn a_pending_member_of_a_new_room_anchors_it_and_gets_what_followed_its_read() {
+        let hub = Hub::new();
+        let a = conn(&hub, "a");
+        let e: Arc<str> = Arc::from("e");
+        hub.join_pending(&a, &name("r"), false);
+        for o in [2, 3] {
+            hub.deliver(&msg(o, "e"));
+        }
+        assert!(queued(&a).is_empty(), "pending: nothing queued yet");
+        assert_eq!(hub.go_live(&a, &name("r"), &e, 1), GoLive::Live);
+        assert_eq!(queued(&a), vec![2, 3]);
+        hub.deliver(&msg(3, "e"));
+        hub.deliver(&msg(4, "e"));
+        assert_eq!(queued(&a), vec![4], "3 again is a duplicate");
+    }
+
+    #[test]
+    fn a_joining_member_skips_what_its_replay_had_and_live_members_miss_nothing() {
+        let hub = Hub::new();
+        let e: Arc<str> = Arc::from("e");
+        let a = conn(&hub, "a");
+        hub.join_pending(&a, &name("r"), false);
+        hub.go_live(&a, &name("r"), &e, 4);
+        hub.deliver(&msg(5, "e"));
+        // b's history read saw 7: 6 and 7 are still on their way here.
+        let b = conn(&hub, "b");
+        hub.join_pending(&b, &name("r"), false);
+        assert_eq!(hub.go_live(&b, &name("r"), &e, 7), GoLive::Live);
+        for o in [6, 7, 8] {
+            hub.deliver(&msg(o, "e"));
+        }
+        assert_eq!(queued(&a), vec![5, 6, 7, 8]);
+        assert_eq!(queued(&b), vec![8], "6 and 7 came in b's replay");
+        // c reads at 8 while 9 is already buffered for it.
+        let c = conn(&hub, "c");
+        hub.join_pending(&c, &name("r"), false);
+        hub.deliver(&msg(9, "e"));
+        hub.go_live(&c, &name("r"), &e, 8);
+        assert_eq!(queued(&c), vec![9]);
+    }
+
+    #[test]
+    fn another_epoch_under_live_members_closes_them_with_4010() {
+        let hub = Hub::new();
+        let a = conn(&hub, "a");
+        hub.join_pending(&a, &name("r"), false);
+        hub.go_live(&a, &name("r"), &Arc::from("e1"), 0);
+        hub.deliver(&msg(1, "e2"));
+        assert!(a.queue.is_closing());
+        match a.queue.pop() {
+            Next::Close(c) => assert_eq!(c.code, CloseCode::InsufficientState),
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_held_gap_is_reported_until_filled() {
+        let hub = Hub::new();
+        let a = conn(&hub, "a");
+        hub.join_pending(&a, &name("r"), false);
+        hub.go_live(&a, &name("r"), &Arc::from("e"), 0);
+        hub.deliver(&msg(2, "e"));
+        let gaps = hub.stream_gaps(Duration::ZERO);
+        assert_eq!(gaps.len(), 1);
+        assert_eq!(gaps[0].last, 0);
+        hub.deliver(&msg(1, "e"));
+        assert!(hub.stream_gaps(Duration::ZERO).is_empty());
+        assert_eq!(queued(&a), vec![1, 2]);
+    }
+}
