@@ -35,7 +35,7 @@ use fanout_protocol::{CloseCode, Name, PresenceMember};
 pub use self::conn::ConnHandle;
 use self::queue::PushError;
 use self::sequencer::Sequencer;
-pub use self::stream::{GoLive, StreamGap};
+pub use self::sequencer::{GoLive, StreamGap};
 
 pub use crate::message::ConnId;
 use crate::message::{Audience, Broadcast, Recipients};

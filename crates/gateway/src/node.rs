@@ -25,6 +25,7 @@ mod history;
 mod membership;
 mod presence;
 mod publish;
+mod rules;
 mod state;
 
 pub use self::error::{BuildError, NodeError, Unready};

@@ -22,7 +22,35 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use fanout_protocol::Name;
+
 use crate::message::{Broadcast, Position};
+
+/// How a joining member went live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoLive {
+    /// Live: it receives every message after the offset it was given.
+    Live,
+    /// The room's stream on this node is of another epoch than the
+    /// member's history read: the stream broke; the room's members
+    /// (this one included) are closed with 4010.
+    Broken,
+    /// The connection is no longer a member (it left meanwhile).
+    Gone,
+}
+
+/// A room whose stream has waited for a missing offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamGap {
+    /// Tenant.
+    pub tenant: Name,
+    /// Room.
+    pub room: Name,
+    /// The stream's epoch.
+    pub epoch: Arc<str>,
+    /// The last offset delivered in order; the next one is missing.
+    pub last: u64,
+}
 
 /// Most messages a room holds while waiting for a missing offset; beyond
 /// it the stream is declared broken (members close with 4010 and recover).

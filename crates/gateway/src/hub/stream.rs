@@ -15,39 +15,13 @@ use std::time::{Duration, Instant};
 use dashmap::mapref::one::RefMut;
 use fanout_protocol::{CloseCode, Name};
 
-use super::sequencer::{Admit, MAX_HELD};
+use super::sequencer::{Admit, GoLive, MAX_HELD, StreamGap};
 use super::{ConnHandle, Delivered, Hub, MemberStream, Room, push_to};
 use crate::message::{Broadcast, Position};
 use crate::metrics as m;
 
 /// Close reason of a member whose room stream broke on this node.
 const BROKEN_REASON: &str = "room stream interrupted; resubscribe with since to recover";
-
-/// How a joining member went live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GoLive {
-    /// Live: it receives every message after the offset it was given.
-    Live,
-    /// The room's stream on this node is of another epoch than the
-    /// member's history read: the stream broke; the room's members
-    /// (this one included) are closed with 4010.
-    Broken,
-    /// The connection is no longer a member (it left meanwhile).
-    Gone,
-}
-
-/// A room whose stream has waited for a missing offset.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamGap {
-    /// Tenant.
-    pub tenant: Name,
-    /// Room.
-    pub room: Name,
-    /// The stream's epoch.
-    pub epoch: Arc<str>,
-    /// The last offset delivered in order; the next one is missing.
-    pub last: u64,
-}
 
 impl Hub {
     /// Joins `conn` to `room` as a *pending* member of its stream (see the

@@ -8,12 +8,11 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use fanout_protocol::{Name, RoomPattern, ServerFrame, StoredMessage, StreamPosition};
+use fanout_protocol::{Name, ServerFrame, StoredMessage, StreamPosition};
 
 use super::error::NodeError;
 use super::state::{Node, NodeInner};
 use crate::cluster::{HistoryPage, HistoryQuery, StreamSpec};
-use crate::config::HistoryRule;
 use crate::hub::StreamGap;
 use crate::message::{Audience, Broadcast, EncodedFrame, Position, Recipients};
 use crate::metrics as m;
@@ -27,46 +26,6 @@ const GAP_CHECK: Duration = Duration::from_millis(100);
 /// How long a gap may stay open while history cannot be read (the bus is
 /// down) before the room's members are closed with 4010 to recover.
 const GAP_GIVE_UP: Duration = Duration::from_secs(10);
-
-/// The `[[history]]` rules, compiled.
-#[derive(Debug, Default)]
-pub(crate) struct HistoryRules {
-    rules: Vec<(Option<Name>, RoomPattern, StreamSpec)>,
-}
-
-impl HistoryRules {
-    /// Compiles validated rules (a rule that does not compile is skipped;
-    /// config validation refuses such rules at start).
-    pub(crate) fn new(rules: &[HistoryRule]) -> Self {
-        let rules = rules
-            .iter()
-            .filter_map(|r| {
-                let tenant = if r.tenant == "*" {
-                    None
-                } else {
-                    Some(Name::new("tenant", &r.tenant).ok()?)
-                };
-                let rooms = RoomPattern::parse(&r.rooms).ok()?;
-                let spec = StreamSpec {
-                    size: r.size,
-                    ttl: r.ttl,
-                };
-                Some((tenant, rooms, spec))
-            })
-            .collect();
-        Self { rules }
-    }
-
-    /// The first rule matching the room, if any.
-    pub(crate) fn spec(&self, tenant: &Name, room: &Name) -> Option<StreamSpec> {
-        self.rules
-            .iter()
-            .find(|(t, rooms, _)| {
-                t.as_ref().is_none_or(|t| t == tenant) && rooms.matches(room.as_str())
-            })
-            .map(|(_, _, spec)| *spec)
-    }
-}
 
 /// A page of a room's history, decoded: what a `history` answer carries.
 #[derive(Debug, Clone)]
@@ -231,42 +190,5 @@ impl Node {
         }
         m::stream_event("filled", filled);
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rule(tenant: &str, rooms: &str, size: usize) -> HistoryRule {
-        HistoryRule {
-            tenant: tenant.into(),
-            rooms: rooms.into(),
-            size,
-            ttl: Duration::from_secs(60),
-        }
-    }
-
-    fn n(s: &str) -> Name {
-        Name::new("t", s).unwrap()
-    }
-
-    #[test]
-    fn the_first_matching_rule_wins_and_no_rule_means_no_history() {
-        let rules =
-            HistoryRules::new(&[rule("acme", "chat:vip:*", 1000), rule("*", "chat:*", 100)]);
-        assert_eq!(
-            rules.spec(&n("acme"), &n("chat:vip:1")).map(|s| s.size),
-            Some(1000)
-        );
-        assert_eq!(
-            rules.spec(&n("globex"), &n("chat:vip:1")).map(|s| s.size),
-            Some(100)
-        );
-        assert_eq!(
-            rules.spec(&n("acme"), &n("chat:1")).map(|s| s.size),
-            Some(100)
-        );
-        assert_eq!(rules.spec(&n("acme"), &n("lobby")), None);
     }
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::error::{BuildError, NodeError, Unready};
-use super::history::HistoryRules;
+use super::rules::HistoryRules;
 use crate::auth::{ApiKeys, TokenVerifier};
 use crate::cluster::Bus;
 use crate::config::Config;
