@@ -66,8 +66,8 @@ struct Room {
     members: HashMap<ConnId, RoomMember>,
     /// Connections per user in this room, for presence answers and join/leave.
     users: HashMap<Name, u32>,
-    /// Rooms with history: the stream's order on this node (boxed: most
-    /// rooms have none).
+    /// Rooms with history: the stream's order on this node, created by the
+    /// first member that joins with history (boxed: most rooms have none).
     stream: Option<Box<Sequencer>>,
 }
 
@@ -281,6 +281,9 @@ impl Hub {
             .rooms
             .entry((conn.tenant.clone(), room.clone()))
             .or_default();
+        if pending {
+            entry.stream.get_or_insert_with(Default::default);
+        }
         let mut conn_rooms = conn.lock_rooms();
         if let Some(member) = entry.members.get_mut(&conn.id) {
             member.presence_events = presence_events;

@@ -82,7 +82,17 @@ impl Hub {
         let Some(mut r) = self.room_mut(&msg.tenant, room) else {
             return out;
         };
-        let seq = r.stream.get_or_insert_with(Default::default);
+        // A room whose members all joined without history (this node has no
+        // rule for it, e.g. while a rule is being rolled out) is delivered
+        // as it comes, as any room without history.
+        let Some(seq) = r.stream.as_deref_mut() else {
+            for member in r.members.values() {
+                push_to(&member.conn, msg, &mut out);
+            }
+            m::delivered(out.queued, msg.accepted_at);
+            return out;
+        };
+        let had_gap = seq.gap_since().is_some();
         match seq.admit(msg, pos) {
             Admit::Deliver(list) => {
                 for b in &list {
@@ -99,7 +109,9 @@ impl Hub {
                 self.break_locked(&mut r);
             }
         }
-        self.note_gap(&r, msg.tenant.clone(), room.clone());
+        if had_gap != r.stream.as_ref().is_some_and(|s| s.gap_since().is_some()) {
+            self.note_gap(&r, msg.tenant.clone(), room.clone());
+        }
         m::delivered(out.queued, msg.accepted_at);
         out
     }
@@ -189,6 +201,9 @@ fn deliver_to_members(r: &mut Room, msg: &Broadcast, out: &mut Delivered) {
             Some(MemberStream {
                 pending: Some(buf), ..
             }) => {
+                if member.conn.queue.is_closing() {
+                    continue;
+                }
                 if buf.len() >= MAX_HELD {
                     // As for a full send queue: the member cannot keep up.
                     member
@@ -329,6 +344,19 @@ mod tests {
             Next::Close(c) => assert_eq!(c.code, CloseCode::InsufficientState),
             other => panic!("expected a close, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn members_that_joined_without_history_get_positioned_messages_as_they_come() {
+        // A node without the room's rule (a rule being rolled out): its
+        // members are not held back waiting for an anchor.
+        let hub = Hub::new();
+        let a = conn(&hub, "a");
+        hub.join(&a, &name("r"), false);
+        for o in [5, 3, 4] {
+            hub.deliver(&msg(o, "e"));
+        }
+        assert_eq!(queued(&a), vec![5, 3, 4]);
     }
 
     #[test]
