@@ -61,6 +61,34 @@ def load(path):
     return runs
 
 
+def per_repeat(runs, a, b, pick):
+    """pick(b) / pick(a) for every repeat that measured both labels."""
+    by_rep_a = {r["repeat"]: r for r in runs.get(a, [])}
+    out = []
+    for r in runs.get(b, []):
+        other = by_rep_a.get(r["repeat"])
+        if other is None:
+            continue
+        num, den = pick(r), pick(other)
+        if num and den:
+            out.append(num / den)
+    return out
+
+
+def per_repeat_diff(runs, a, b, pick):
+    """pick(b) - pick(a) for every repeat that measured both labels."""
+    by_rep_a = {r["repeat"]: r for r in runs.get(a, [])}
+    out = []
+    for r in runs.get(b, []):
+        other = by_rep_a.get(r["repeat"])
+        if other is None:
+            continue
+        x, y = pick(r), pick(other)
+        if x is not None and y is not None:
+            out.append(x - y)
+    return out
+
+
 def best_step(result):
     ramp = result.get("ramp") or {}
     passed = [s for s in ramp.get("steps", []) if s.get("pass")]
@@ -120,7 +148,7 @@ def ramp_table(runs):
 
 def delivery_table(runs):
     rows = []
-    skip = ("idle-", "floor-ramp", "fanout-ramp", "big-100k-idle")
+    skip = ("idle-", "floor-ramp", "fanout-ramp", "big-100k-idle", "history-memory-")
     for label in sorted(runs):
         if label.startswith(skip):
             continue
@@ -156,23 +184,10 @@ def delivery_table(runs):
 
 def ratios(runs):
     lines = []
-
-    def per_repeat(a, b, pick):
-        by_rep_a = {r["repeat"]: r for r in runs.get(a, [])}
-        out = []
-        for r in runs.get(b, []):
-            other = by_rep_a.get(r["repeat"])
-            if other is None:
-                continue
-            num, den = pick(r["result"]), pick(other["result"])
-            if num and den:
-                out.append(num / den)
-        return out
-
-    ramp = per_repeat("floor-ramp", "fanout-ramp",
-                      lambda res: (best_step(res) or {}).get("deliveries_per_sec"))
-    sat = per_repeat("floor-saturate", "fanout-saturate",
-                     lambda res: get(res, "delivery", "deliveries_per_sec"))
+    ramp = per_repeat(runs, "floor-ramp", "fanout-ramp",
+                      lambda r: (best_step(r["result"]) or {}).get("deliveries_per_sec"))
+    sat = per_repeat(runs, "floor-saturate", "fanout-saturate",
+                     lambda r: get(r, "result", "delivery", "deliveries_per_sec"))
     if ramp:
         lines.append(f"- fanout ÷ floor, deliveries/s at the highest passing ramp step: "
                      f"**{median(ramp):.2f}** (per repeat: {', '.join(f'{x:.2f}' for x in ramp)})")
@@ -182,6 +197,143 @@ def ratios(runs):
     if lines:
         lines = ["### fanout against the floor (same run)", "", *lines, ""]
     return lines
+
+
+def cpu_per_publish_us(rec):
+    """Node CPU per accepted publish, µs: measured over the publishing
+    window (node_cpu, with --node-pid), else over the whole run."""
+    res = rec["result"]
+    value = get(res, "node_cpu", "per_publish_us")
+    if value:
+        return value
+    accepted = get(res, "publish", "accepted")
+    return rec["server_cpu_secs"] * 1e6 / accepted if accepted else None
+
+
+def per_repeat_line(what, values, digits=2, unit=""):
+    return (f"{what}: **{median(values):,.{digits}f}{unit}** "
+            f"(per repeat: {', '.join(f'{x:,.{digits}f}' for x in values)})")
+
+
+def history_tables(runs):
+    """The cost of history: the same scenario against a node without and
+    with a [[history]] rule, ratios within each repeat."""
+    out = []
+    rows, lines = [], []
+    for scen in ("rooms", "fanout"):
+        off, on = f"history-{scen}-off", f"history-{scen}-on"
+        if not runs.get(off) or not runs.get(on):
+            continue
+        first = runs[on][0]["result"]
+        conns = get(first, "connections", "target") or 0
+        rate = fmt(get(first, "publish", "target_rate"), 0)
+        what = (f"{fmt(conns)} connections in rooms of 4, {rate} publishes/s" if scen == "rooms"
+                else f"one room of {fmt(conns)}, {rate} publishes/s")
+        for label, hist in ((off, "without"), (on, "with")):
+            recs = runs[label]
+            res = [r["result"] for r in recs]
+            rows.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                label, hist, len(recs),
+                fmt(median(get(r, "publish", "achieved_rate") for r in res)),
+                fmt(median(get(r, "delivery", "deliveries_per_sec") for r in res), 0),
+                fmt(median(get(r, "latency_ms", "p50") for r in res)),
+                fmt(median(get(r, "latency_ms", "p99") for r in res)),
+                fmt(median(cpu_per_publish_us(r) for r in recs)),
+                fmt(max((get(r, "delivery", "loss") or 0) for r in res)),
+                fmt(max((get(r, "delivery", "duplicates") or 0) + (get(r, "delivery", "order_violations") or 0)
+                        for r in res)),
+            ))
+        cpu = per_repeat(runs, off, on, cpu_per_publish_us)
+        p50 = per_repeat(runs, off, on, lambda r: get(r, "result", "latency_ms", "p50"))
+        p99 = per_repeat(runs, off, on, lambda r: get(r, "result", "latency_ms", "p99"))
+        dps = per_repeat(runs, off, on, lambda r: get(r, "result", "delivery", "deliveries_per_sec"))
+        parts = [per_repeat_line(name, vals) for name, vals in
+                 (("node CPU per publish", cpu), ("p50", p50), ("p99", p99), ("deliveries/s", dps)) if vals]
+        if parts:
+            lines.append(f"- {what}, with ÷ without history: " + "; ".join(parts))
+    if rows:
+        out += [
+            "### Cost of history on the publish path (same run, same binary)",
+            "",
+            "Each scenario against a fresh node without and with a `[[history]]` rule matching its rooms; "
+            "ratios are with ÷ without within each repeat, then their median. Node CPU per publish is "
+            "measured over the publishing window (`node_cpu`).",
+            "",
+            *lines,
+            "",
+            "| run | history | repeats | publishes/s | deliveries/s | p50 ms | p99 ms | node CPU per publish (µs) | loss | dup + order |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+
+    off, on = "history-memory-off", "history-memory-on"
+    mem_rows = []
+    for label, hist in ((off, "without"), (on, "with")):
+        recs = runs.get(label, [])
+        if not recs:
+            continue
+        hs = [get(r, "result", "history") or {} for r in recs]
+        mem_rows.append("| {} | {} | {} | {} × {} | {} | {} | {} | {} | {} |".format(
+            label, hist, len(recs),
+            fmt(hs[0].get("rooms")), fmt(hs[0].get("messages_per_room")), fmt(hs[0].get("payload_bytes")),
+            fmt(min((h.get("kept_per_room") for h in hs if h.get("kept_per_room") is not None), default=None)),
+            fmt(median(h.get("history_bytes_per_room") for h in hs), 0),
+            fmt(median(h.get("rss_per_room_bytes") for h in hs), 0),
+            fmt(max((h.get("evicted_rooms") or 0) for h in hs)),
+        ))
+    if mem_rows:
+        mem_lines = []
+        net = per_repeat_diff(runs, off, on, lambda r: get(r, "result", "history", "rss_per_room_bytes"))
+        if net:
+            h = get(runs[on][0], "result", "history") or {}
+            per_msg = [x / h["messages_per_room"] for x in net] if h.get("messages_per_room") else []
+            mem_lines.append("- " + per_repeat_line(
+                "node RSS per room of history (rise with − rise without, same repeat)", net, 0, " B"))
+            if per_msg:
+                mem_lines.append("- " + per_repeat_line("the same per stored message", per_msg, 0, " B"))
+        gauge = [get(r, "result", "history", "history_bytes_per_room") for r in runs.get(on, [])]
+        gauge = [g for g in gauge if g is not None]
+        if gauge:
+            mem_lines.append("- " + per_repeat_line("`fanout_history_bytes` per room (the node's own count)", gauge, 0, " B"))
+        out += [
+            "### Memory per room of history",
+            "",
+            "`fanout-loadtest history`: rooms filled through `/v1/publish/batch` with no subscribers, "
+            "node RSS read before and after (`--node-pid`).",
+            "",
+            *mem_lines,
+            *([""] if mem_lines else []),
+            "| run | history | repeats | rooms × messages | payload padding (bytes) | kept per room | fanout_history_bytes per room | RSS rise per room (bytes) | rooms evicted |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *mem_rows,
+            "",
+        ]
+
+    recs = runs.get("history-churn-recover", [])
+    if recs:
+        rec_rows = []
+        for r in recs:
+            rv = get(r, "result", "recovery") or {}
+            d = rv.get("delivery") or {}
+            rec_rows.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                r["repeat"], fmt(rv.get("opened")), fmt(rv.get("reconnects")), fmt(rv.get("recovered")),
+                fmt(rv.get("not_recovered")), fmt(rv.get("replayed")), fmt(d.get("expected")),
+                fmt(d.get("received")), fmt(d.get("loss")), fmt(d.get("duplicates")),
+                fmt(d.get("order_violations")),
+            ))
+        out += [
+            "### Recovery under churn (`churn --recover`, one node with history)",
+            "",
+            "Clients that leave and come back with `since`; every message is owed to every client "
+            "and accounted across its connections by stream and sequence number.",
+            "",
+            "| repeat | clients | reconnects | recovered | not recovered | replayed | expected | received | loss | duplicates | order violations |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+            *rec_rows,
+            "",
+        ]
+    return out
 
 
 def svg_chart(title, xlabel, ylabel, series, path):
@@ -276,7 +428,8 @@ def main():
         f"load generator on the same machine, release builds. Command: `loadtest/run.sh`.",
         "",
     ]
-    body = header + ratios(runs) + ramp_table(runs) + idle_table(runs) + delivery_table(runs) + [END]
+    body = (header + ratios(runs) + ramp_table(runs) + idle_table(runs) + history_tables(runs)
+            + delivery_table(runs) + [END])
     text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         sys.exit(f"{DOC} has no results markers")

@@ -18,7 +18,8 @@
 # Groups (for --only): idle, fanout (floor vs fanout, one node), rooms, users,
 # churn, cluster (3 nodes + Redis, and the direct_max_nodes comparison),
 # knee (3 nodes at 20 publishes/s with fewer subscribers), big (100k
-# connections over 6 nodes + Redis).
+# connections over 6 nodes + Redis), history (rooms, fanout and memory
+# without and with a [[history]] rule, and churned clients recovering).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
     --repeat) REPEAT="$2"; shift 2 ;;
     --only) ONLY="$2"; shift 2 ;;
     --quick) QUICK=1; REPEAT=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -183,6 +184,15 @@ stop_servers() {
   NODE_PIDS=() NODE_URLS=() FLOOR_PID="" REDIS_PID="" REDIS_URL=""
 }
 
+# history_rule on|off: the node config lines of the "with history" runs —
+# every room the scenarios name (lt-<run id>-room<i>) keeps its last
+# $HIST_SIZE messages — or nothing.
+history_rule() {
+  if [ "$1" = on ]; then
+    printf '[[history]]\ntenant = "*"\nrooms = "lt-*-room*"\nsize = %s\nttl = "5m"' "$HIST_SIZE"
+  fi
+}
+
 node_args() { local u; for u in "${NODE_URLS[@]}"; do printf -- '--node %s ' "$u"; done; }
 pid_args() { local p; for p in "${NODE_PIDS[@]}"; do printf -- '--node-pid %s ' "$p"; done; }
 
@@ -225,12 +235,15 @@ print(json.dumps({
 if [ "$QUICK" = 1 ]; then
   IDLE_SIZES="200 400"; IDLE_HOLD=2s; FAN_SUBS=300; FAN_SAT_RATE=20; ROOMS_CONNS=400
   CLUSTER_SUBS=300; USERS=100; CHURN_SUBS=100; BIG_CONNS=1200; BIG_PUBLISHES=3
-  KNEE_SIZES="100 200"
+  KNEE_SIZES="100 200"; HIST_ROOMS=200
 else
   IDLE_SIZES="2000 6000 12000 18000"; IDLE_HOLD=30s; FAN_SUBS=10000; FAN_SAT_RATE=50
   ROOMS_CONNS=10000; CLUSTER_SUBS=10000; USERS=2000; CHURN_SUBS=2000
-  BIG_CONNS=100000; BIG_PUBLISHES=20; KNEE_SIZES="1000 2500 5000"
+  BIG_CONNS=100000; BIG_PUBLISHES=20; KNEE_SIZES="1000 2500 5000"; HIST_ROOMS=2000
 fi
+# History: messages kept per room (the rule's size, also what `history`
+# fills each room with) and the padding of the memory run's payloads.
+HIST_SIZE=100; HIST_PAYLOAD=200
 
 for rep in $(seq "$REPEAT"); do
   if wants idle; then
@@ -275,6 +288,44 @@ for rep in $(seq "$REPEAT"); do
     start_node
     run "churn-1node" "$rep" "1 node" -- churn $(node_args) --subscribers "$CHURN_SUBS" \
       --churn-rate 200 --churn-hold 1s --rate 50 --publishes 1000 --duration 90s
+    stop_servers
+  fi
+
+  if wants history; then
+    # What history costs: each run twice, on a fresh node without and with
+    # the [[history]] rule (same binary; the rule is the only difference),
+    # the pair back to back and its order flipped every repeat. The node
+    # CPU while publishing comes from --node-pid (node_cpu in the result).
+    if [ $((rep % 2)) = 1 ]; then variants="off on"; else variants="on off"; fi
+    for v in $variants; do
+      start_node "" "$(history_rule "$v")"
+      run "history-rooms-$v" "$rep" "1 node, history $v" -- rooms $(node_args) $(pid_args) \
+        --connections "$ROOMS_CONNS" --room-size 4 --rate 1000 --publishes 10000 --publishers 8 \
+        --duration 90s
+      stop_servers
+    done
+    for v in $variants; do
+      start_node "" "$(history_rule "$v")"
+      run "history-fanout-$v" "$rep" "1 node, history $v" -- fanout $(node_args) $(pid_args) \
+        --subscribers "$FAN_SUBS" --rate "$FAN_SAT_RATE" --publishes $((FAN_SAT_RATE * 10)) \
+        --duration 90s --drain 10s
+      stop_servers
+    done
+    # Memory: HIST_ROOMS rooms filled with HIST_SIZE messages each, no
+    # subscribers; RSS before/after and fanout_history_bytes.
+    for v in $variants; do
+      start_node "" "$(history_rule "$v")"
+      run "history-memory-$v" "$rep" "1 node, history $v" -- history $(node_args) $(pid_args) \
+        --rooms "$HIST_ROOMS" --messages "$HIST_SIZE" --payload-bytes "$HIST_PAYLOAD" \
+        --settle 2s --duration 120s
+      stop_servers
+    done
+    # Recovery under churn: the churn run's load, its churn connections
+    # being clients that leave and come back with `since`.
+    start_node "" "$(history_rule on)"
+    run "history-churn-recover" "$rep" "1 node, history on" -- churn $(node_args) $(pid_args) \
+      --subscribers "$CHURN_SUBS" --churn-rate 200 --churn-hold 1s --churn-away 500ms --recover \
+      --rate 50 --publishes 1000 --duration 90s
     stop_servers
   fi
 

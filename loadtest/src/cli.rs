@@ -42,8 +42,13 @@ pub enum Command {
     Rooms(RoomsArgs),
     /// User-addressed sends to users with several connections spread over nodes.
     Users(UsersArgs),
-    /// Connects and disconnects at a set rate while a fan-out runs.
+    /// Connects and disconnects at a set rate while a fan-out runs; with
+    /// --reconnect / --recover the churn connections are clients that come
+    /// back (and resume with `since`), measured across their connections.
     Churn(ChurnArgs),
+    /// Fills N rooms with M messages each (no subscribers) and measures
+    /// what the node's room history costs in memory.
+    History(HistoryArgs),
     /// Internal: run one share of a `--procs` run, driven over stdin/stdout.
     #[command(name = "__child", hide = true)]
     Child,
@@ -58,6 +63,7 @@ impl Command {
             Command::Rooms(a) => Some(&a.common),
             Command::Users(a) => Some(&a.common),
             Command::Churn(a) => Some(&a.common),
+            Command::History(a) => Some(&a.common),
             Command::Child => None,
         }
     }
@@ -70,6 +76,7 @@ impl Command {
             Command::Rooms(_) => "rooms",
             Command::Users(_) => "users",
             Command::Churn(_) => "churn",
+            Command::History(_) => "history",
             Command::Child => "child",
         }
     }
@@ -83,6 +90,7 @@ impl Command {
             Command::Rooms(a) => a.connections,
             Command::Users(a) => a.users.saturating_mul(a.conns_per_user),
             Command::Churn(a) => a.subscribers + a.churn_concurrency_bound(),
+            Command::History(_) => 0,
             Command::Child => 0,
         }
     }
@@ -159,7 +167,9 @@ pub struct Common {
     /// connections and of the --bind addresses).
     #[arg(long, default_value_t = 1)]
     pub procs: usize,
-    /// PID of a node process to measure (RSS, CPU) in `idle`; repeatable.
+    /// PID of a node process to measure; repeatable (values are summed).
+    /// `idle` and `history` read its RSS; the message scenarios its CPU
+    /// while they publish.
     #[arg(long = "node-pid")]
     pub node_pids: Vec<u32>,
     /// Padding added to every published payload, in bytes.
@@ -294,14 +304,70 @@ pub struct ChurnArgs {
     /// How long one churn connection stays.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub churn_hold: Duration,
+    /// Churn connections are clients that come back: each subscribes
+    /// before the first publish, leaves after --churn-hold, stays away
+    /// --churn-away and reconnects, again and again while publishing; after
+    /// the last publish each comes back once more and stays. They are owed
+    /// every message, accounted across their connections (`recovery`).
+    /// Without --recover they resubscribe without `since`.
+    #[arg(long)]
+    pub reconnect: bool,
+    /// Like --reconnect, and a returning client subscribes with `since` =
+    /// the last (epoch, offset) it saw in the room (a room with history).
+    #[arg(long)]
+    pub recover: bool,
+    /// With --reconnect / --recover: how long a client stays away.
+    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    pub churn_away: Duration,
 }
 
 impl ChurnArgs {
-    /// Churn connections open at once, at most (rate × hold, plus slack for
-    /// slow closes); used to check the file limit.
-    pub fn churn_concurrency_bound(&self) -> usize {
-        (self.churn_rate * (self.churn_hold.as_secs_f64() + 1.0)).ceil() as usize
+    /// Whether churn connections are reconnecting clients.
+    pub fn reconnecting(&self) -> bool {
+        self.reconnect || self.recover
     }
+
+    /// Reconnecting clients in the whole run: enough that, each cycling
+    /// through --churn-hold and --churn-away, about --churn-rate of them
+    /// reconnect per second.
+    pub fn reconnecting_clients(&self) -> usize {
+        let cycle = self.churn_hold.as_secs_f64() + self.churn_away.as_secs_f64();
+        (self.churn_rate * cycle).ceil().max(1.0) as usize
+    }
+
+    /// Churn connections open at once, at most (rate × hold, plus slack for
+    /// slow closes; the clients themselves when reconnecting); used to
+    /// check the file limit.
+    pub fn churn_concurrency_bound(&self) -> usize {
+        let fresh = (self.churn_rate * (self.churn_hold.as_secs_f64() + 1.0)).ceil() as usize;
+        if self.reconnecting() {
+            fresh.max(self.reconnecting_clients() + self.churn_rate.ceil() as usize)
+        } else {
+            fresh
+        }
+    }
+}
+
+/// `history`.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct HistoryArgs {
+    /// Shared flags (--payload-bytes sets the size of every message).
+    #[command(flatten)]
+    pub common: Common,
+    /// Rooms to fill (named as `rooms` names them, so one `[[history]]`
+    /// rule matches both).
+    #[arg(long, default_value_t = 1000)]
+    pub rooms: usize,
+    /// Messages published into each room (the rule's `size` fills it).
+    #[arg(long, default_value_t = 100)]
+    pub messages: usize,
+    /// Messages per `POST /v1/publish/batch` request (at most the node's
+    /// `limits.max_batch_messages`, default 1,000).
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Wait after the last publish before reading RSS.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub settle: Duration,
 }
 
 /// Parses `30`, `30s`, `500ms`, `2m` or `1.5s` into a duration.

@@ -6,12 +6,18 @@
 //! the same shape as a node's session, and for the same reason: reading
 //! continuously is what answers the server's WebSocket pings (tungstenite
 //! writes the pongs during reads) and what measures delivery latency.
+//!
+//! A client that reconnects keeps what it knows across its connections in a
+//! [`Track`]: the accounting of its streams (so a message received once
+//! before leaving and once in the replay is a duplicate, and one missed
+//! while away is a loss) and the last position it saw in its room, which
+//! its next subscribe sends as `since`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_protocol::Codec;
+use fanout_protocol::{Codec, StreamPosition};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::socket::setsockopt;
 use nix::sys::socket::sockopt::IpBindAddressNoPort;
@@ -28,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::AuthMode;
 use crate::tally::{Expect, Streams, Tally};
 use crate::target::Target;
-use crate::wire::{self, Incoming};
+use crate::wire::{self, Epoch, Incoming};
 
 /// Read buffer per client socket: 4 KiB (clients receive the bulk of the
 /// traffic), so that 20,000 client sockets cost 80 MB instead of the 2.5 GB
@@ -56,6 +62,9 @@ pub(crate) struct ConnSpec {
     pub(crate) token: String,
     /// Rooms to subscribe to before the connection counts as ready.
     pub(crate) rooms: Vec<String>,
+    /// Position to resume from (`since` of every subscribe): set only by a
+    /// reconnecting client, whose spec has one room.
+    pub(crate) since: Option<StreamPosition>,
     /// Which streams it should receive.
     pub(crate) expect: Expect,
     /// Bound on connect + upgrade + welcome + subscribes.
@@ -108,6 +117,73 @@ pub(crate) struct Conn {
     codec: Codec,
     index: usize,
     expect: Expect,
+    joined: Joined,
+}
+
+/// What the `ack` of a connection's first subscribe said.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Joined {
+    /// The room's position (rooms with history only): live messages start
+    /// after it.
+    pub(crate) position: Option<StreamPosition>,
+    /// With `since`: whether every missed message follows the ack.
+    pub(crate) recovered: Option<bool>,
+}
+
+/// What a client carries from one connection to the next.
+#[derive(Debug)]
+pub(crate) struct Track {
+    /// Per-stream accounting, shared by all of the client's connections.
+    streams: Streams,
+    /// The last position seen in the room (from an `ack`, then from every
+    /// message): the `since` of the next subscribe.
+    pub(crate) position: Option<StreamPosition>,
+    /// After a recovered `ack`: messages up to this offset are the replay.
+    replay_to: u64,
+    /// Messages that arrived as replay.
+    pub(crate) replayed: u64,
+}
+
+impl Track {
+    /// A client that has seen nothing yet.
+    pub(crate) fn new(expect: Expect) -> Track {
+        Track {
+            streams: Streams::new(expect),
+            position: None,
+            replay_to: 0,
+            replayed: 0,
+        }
+    }
+
+    /// Takes in the `ack` of a (re)subscribe: where the room stands, and,
+    /// recovered, which offsets are the replay. A client that was not
+    /// recovered continues from the room's current position.
+    pub(crate) fn joined(&mut self, joined: &Joined) {
+        let Some(ack) = &joined.position else { return };
+        if joined.recovered == Some(true) {
+            self.replay_to = ack.offset;
+        } else {
+            self.replay_to = 0;
+            self.position = Some(ack.clone());
+        }
+    }
+
+    /// Notes the position of a message.
+    fn saw(&mut self, offset: u64, epoch: &Epoch) {
+        if offset <= self.replay_to {
+            self.replayed += 1;
+        }
+        match &mut self.position {
+            // Same stream: the furthest offset seen (never backwards).
+            Some(p) if p.epoch == epoch.as_str() => p.offset = p.offset.max(offset),
+            _ => {
+                self.position = Some(StreamPosition {
+                    offset,
+                    epoch: epoch.as_str().to_owned(),
+                });
+            }
+        }
+    }
 }
 
 /// What a running connection reports into and listens to.
@@ -184,6 +260,7 @@ impl Conn {
             codec: spec.codec,
             index: spec.index,
             expect: spec.expect,
+            joined: Joined::default(),
         };
         if spec.auth == AuthMode::Frame {
             conn.send(&json!({"type": "auth", "token": spec.token}))
@@ -192,11 +269,31 @@ impl Conn {
         conn.await_reply("welcome", None).await?;
         for (i, room) in spec.rooms.iter().enumerate() {
             let id = i as i64 + 1;
-            conn.send(&json!({"type": "subscribe", "id": id, "room": room}))
-                .await?;
-            conn.await_reply("ack", Some(id)).await?;
+            let mut subscribe = json!({"type": "subscribe", "id": id, "room": room});
+            if let Some(since) = &spec.since {
+                subscribe["since"] = json!({"offset": since.offset, "epoch": since.epoch});
+            }
+            conn.send(&subscribe).await?;
+            let ack = conn.await_reply("ack", Some(id)).await?;
+            if i == 0 {
+                conn.joined = Joined {
+                    position: ack
+                        .offset
+                        .zip(ack.epoch)
+                        .map(|(offset, epoch)| StreamPosition {
+                            offset,
+                            epoch: epoch.as_str().to_owned(),
+                        }),
+                    recovered: ack.recovered,
+                };
+            }
         }
         Ok(conn)
+    }
+
+    /// What the `ack` of the first subscribe said.
+    pub(crate) fn joined(&self) -> &Joined {
+        &self.joined
     }
 
     async fn send(&mut self, frame: &serde_json::Value) -> Result<(), OpenError> {
@@ -238,8 +335,14 @@ impl Conn {
     }
 
     /// Reads and accounts frames until `ctx.stop` or the server ends the connection.
-    pub(crate) async fn run(mut self, ctx: RunCtx) -> ConnEnd {
-        let mut streams = Streams::new(self.expect);
+    pub(crate) async fn run(self, ctx: RunCtx) -> ConnEnd {
+        let mut track = Track::new(self.expect);
+        self.run_tracked(ctx, &mut track).await
+    }
+
+    /// [`Conn::run`] for a client that reconnects: accounts into `track`,
+    /// which outlives the connection.
+    pub(crate) async fn run_tracked(mut self, ctx: RunCtx, track: &mut Track) -> ConnEnd {
         let far = Duration::from_secs(365 * 24 * 3600);
         let every = ctx.ping_every.unwrap_or(far);
         let mut next_ping = Instant::now() + every;
@@ -273,22 +376,27 @@ impl Conn {
                             frame.map(|f| u16::from(f.code)).unwrap_or(0),
                         );
                     }
-                    Some(Ok(msg)) => self.account(&msg, &mut streams, &ctx.tally),
+                    Some(Ok(msg)) => self.account(&msg, track, &ctx.tally),
                     Some(Err(_)) | None => return ConnEnd::Broken,
                 },
             }
         }
     }
 
-    fn account(&self, msg: &Message, streams: &mut Streams, tally: &Tally) {
+    fn account(&self, msg: &Message, track: &mut Track, tally: &Tally) {
         match wire::decode(msg) {
             Ok(Some(Incoming {
                 kind,
                 data: Some(probe),
+                offset,
+                epoch,
                 ..
             })) if kind == "message" => {
                 let now = wire::now_micros();
-                let arrival = streams.observe(&probe);
+                if let (Some(offset), Some(epoch)) = (offset, &epoch) {
+                    track.saw(offset, epoch);
+                }
+                let arrival = track.streams.observe(&probe);
                 tally.record(self.index, arrival, &probe, now);
             }
             // Pongs and acks of our own pings; control frames.
@@ -306,5 +414,64 @@ fn short_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> String {
         Error::Http(resp) => format!("HTTP {}", resp.status().as_u16()),
         Error::Io(io) => io.kind().to_string(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tally::Arrival;
+    use crate::wire::Probe;
+
+    fn pos(offset: u64, epoch: &str) -> Option<StreamPosition> {
+        Some(StreamPosition {
+            offset,
+            epoch: epoch.into(),
+        })
+    }
+
+    #[test]
+    fn a_track_resumes_from_the_last_position_and_counts_the_replay() {
+        let mut t = Track::new(Expect::All);
+        let abc = Epoch::new("abc").unwrap();
+        // First subscribe: the room stands at 4; live messages follow.
+        t.joined(&Joined {
+            position: pos(4, "abc"),
+            recovered: None,
+        });
+        assert_eq!(t.position, pos(4, "abc"));
+        t.saw(5, &abc);
+        t.saw(6, &abc);
+        assert_eq!(t.position, pos(6, "abc"));
+        // Back with since 6 and recovered while the room is at 9: 7 to 9
+        // are the replay, and the position moves only as they arrive.
+        t.joined(&Joined {
+            position: pos(9, "abc"),
+            recovered: Some(true),
+        });
+        assert_eq!(t.position, pos(6, "abc"));
+        for offset in 7..=10 {
+            t.saw(offset, &abc);
+        }
+        assert_eq!((t.replayed, t.position.clone()), (3, pos(10, "abc")));
+        // Not recovered (a new epoch): go on from where the room stands.
+        t.joined(&Joined {
+            position: pos(2, "xyz"),
+            recovered: Some(false),
+        });
+        assert_eq!(t.position, pos(2, "xyz"));
+        t.saw(3, &Epoch::new("xyz").unwrap());
+        assert_eq!((t.replayed, t.position.clone()), (3, pos(3, "xyz")));
+    }
+
+    #[test]
+    fn a_message_seen_before_leaving_and_again_in_the_replay_is_a_duplicate() {
+        let mut t = Track::new(Expect::All);
+        let p = |q| Probe { s: 1, q, t: 0 };
+        assert_eq!(t.streams.observe(&p(0)), Some(Arrival::New));
+        assert_eq!(t.streams.observe(&p(1)), Some(Arrival::New));
+        // The next connection of the same client replays 1, then 2 is new.
+        assert_eq!(t.streams.observe(&p(1)), Some(Arrival::Duplicate));
+        assert_eq!(t.streams.observe(&p(2)), Some(Arrival::New));
     }
 }

@@ -5,7 +5,7 @@
 //!               └─ --procs N ─▶ procs: N × `fanout-loadtest __child`        │
 //!                                 └─ each: scenario::run (its share) ─▶ JSON line ─▶ merge
 //!                                                                            ▼
-//!  scenario::{idle,fanout,ramp,rooms,users,churn}                  report: JSON line on stdout,
+//!  scenario::{idle,fanout,ramp,rooms,users,churn,history}          report: JSON line on stdout,
 //!     │  pool ─▶ conn × C (bound source address, upgrade, auth,        summary on stderr
 //!     │            subscribe, read loop) ─▶ tally (loss/dup/order, HDR latency)
 //!     │  publish ─▶ POST /v1/publish, paced, payload = wire::Probe {stream, seq, due time}
@@ -21,7 +21,8 @@
 //! - `conn`: one connection from SYN to close; `pool`: many of them, paced.
 //! - `tally`: delivery accounting; `latency`: HDR histograms and their transport.
 //! - `publish`: the paced, sequential HTTP publishers.
-//! - `scenario`: the run context and one file per scenario.
+//! - `scenario`: the run context and one file per scenario (`rejoin`: the
+//!   reconnecting clients of `churn --reconnect` / `--recover`).
 //! - `coord`, `procs`: `--procs` children and the exchanges between them.
 //! - `procstat`: node RSS and CPU from `/proc`; `fdlimit`: the open-file limit.
 //! - `report`: the result line, its merge and the human summary.
@@ -90,6 +91,10 @@ pub async fn run(cli: Cli, fd_limit: u64) -> anyhow::Result<ExitCode> {
     target::parse_targets(&common.nodes)?;
     bind::parse_binds(&common.bind)?;
     anyhow::ensure!(common.procs >= 1, "--procs must be at least 1");
+    anyhow::ensure!(
+        common.procs == 1 || !matches!(command, Command::History(_)),
+        "history runs in one process (--procs 1)"
+    );
     let total = command.total_connections();
     fdlimit::check_share(total.div_ceil(common.procs), total, fd_limit)?;
     let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);

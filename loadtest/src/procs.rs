@@ -162,6 +162,7 @@ fn common_mut(command: &mut Command) -> Option<&mut crate::cli::Common> {
         Command::Rooms(a) => Some(&mut a.common),
         Command::Users(a) => Some(&mut a.common),
         Command::Churn(a) => Some(&mut a.common),
+        Command::History(a) => Some(&mut a.common),
         Command::Child => None,
     }
 }

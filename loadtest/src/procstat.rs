@@ -56,6 +56,16 @@ pub(crate) fn cpu_ticks(pid: u32) -> Result<u64, ProcError> {
     parse_cpu_ticks(&read(pid, "stat")?).ok_or(ProcError::Format { pid, file: "stat" })
 }
 
+/// Summed VmRSS of several processes, KiB.
+pub(crate) fn rss_kib_sum(pids: &[u32]) -> Result<u64, ProcError> {
+    pids.iter().map(|p| rss_kib(*p)).sum()
+}
+
+/// Summed CPU time of several processes, clock ticks.
+pub(crate) fn cpu_ticks_sum(pids: &[u32]) -> Result<u64, ProcError> {
+    pids.iter().map(|p| cpu_ticks(*p)).sum()
+}
+
 /// The system-wide count of connections dropped because a listener's
 /// accept queue was full (`TcpExt: ListenOverflows` of `/proc/net/netstat`).
 /// Each one costs a client a SYN retransmit (1 s), so a rise during the

@@ -11,11 +11,17 @@
 //! and each payload carries its *due* time, so a publisher that falls behind
 //! shows up as latency and as `max_lag_ms` rather than quietly lowering the
 //! rate it measures at.
+//!
+//! The same client fills rooms in bulk (`/v1/publish/batch`, for `history`)
+//! and reads what a node reports about them: a room's history, a metric of
+//! `/metrics`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fanout_protocol::api::PublishRequest;
+use fanout_protocol::api::{
+    BatchRequest, BatchResponse, ErrorResponse, HistoryResponse, PublishRequest,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
@@ -194,6 +200,94 @@ impl Api {
         out
     }
 
+    /// One `POST /v1/publish/batch` of room messages, published in order:
+    /// how many were accepted (all of them, or those before a failure) and
+    /// the failure's short kind.
+    pub(crate) async fn publish_batch(
+        &self,
+        base: &str,
+        messages: &[(String, Probe)],
+    ) -> (u64, Option<String>) {
+        let body = BatchRequest {
+            messages: messages
+                .iter()
+                .map(|(room, probe)| PublishRequest {
+                    tenant: self.tenant.clone(),
+                    room: Some(room.clone()),
+                    user: None,
+                    event: EVENT.into(),
+                    data: probe.to_data(&self.pad),
+                    idempotency_key: None,
+                })
+                .collect(),
+        };
+        let resp = match self
+            .http
+            .post(format!("{base}/v1/publish/batch"))
+            .bearer_auth(&self.api_key)
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return (0, Some(request_error(&e))),
+        };
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        if status == 202 {
+            let ids = serde_json::from_slice::<BatchResponse>(&bytes).map_or(0, |b| b.ids.len());
+            (ids as u64, None)
+        } else {
+            let ids = serde_json::from_slice::<ErrorResponse>(&bytes)
+                .ok()
+                .and_then(|e| e.ids)
+                .map_or(0, |ids| ids.len());
+            (ids as u64, Some(format!("HTTP {status}")))
+        }
+    }
+
+    /// How many messages `GET /v1/tenants/{t}/rooms/{room}/history` returns
+    /// (at most the rule's size); `None` when the room keeps no history (404).
+    pub(crate) async fn history_len(&self, base: &str, room: &str) -> Result<Option<u64>, String> {
+        let url = format!("{base}/v1/tenants/{}/rooms/{room}/history", self.tenant);
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .map_err(|e| request_error(&e))?;
+        match resp.status().as_u16() {
+            200 => resp
+                .json::<HistoryResponse>()
+                .await
+                .map(|h| Some(h.messages.len() as u64))
+                .map_err(|e| format!("history answer: {e}")),
+            404 => Ok(None),
+            other => Err(format!("history: HTTP {other}")),
+        }
+    }
+
+    /// The values of un-labelled metrics in the node's `GET /metrics`, in
+    /// the order of `names` (`None` for one it does not export).
+    pub(crate) async fn metrics(
+        &self,
+        base: &str,
+        names: &[&str],
+    ) -> Result<Vec<Option<f64>>, String> {
+        let resp = self
+            .http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .map_err(|e| request_error(&e))?;
+        if !resp.status().is_success() {
+            return Err(format!("metrics: HTTP {}", resp.status().as_u16()));
+        }
+        let text = resp.text().await.map_err(|e| request_error(&e))?;
+        Ok(names.iter().map(|n| metric_value(&text, n)).collect())
+    }
+
     /// One `POST /v1/publish`; `Err` carries a short failure kind.
     async fn publish(&self, url: &str, to: &Address, probe: Probe) -> Result<(), String> {
         let (room, user) = match to {
@@ -215,15 +309,7 @@ impl Api {
             .json(&body)
             .send()
             .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    "timeout".to_string()
-                } else if e.is_connect() {
-                    "connect".to_string()
-                } else {
-                    "request failed".to_string()
-                }
-            })?;
+            .map_err(|e| request_error(&e))?;
         let status = resp.status();
         // Read the body so the connection goes back to the pool.
         let _ = resp.bytes().await;
@@ -232,5 +318,38 @@ impl Api {
         } else {
             Err(format!("HTTP {}", status.as_u16()))
         }
+    }
+}
+
+/// A failed request's short kind, for counting.
+fn request_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timeout".to_string()
+    } else if e.is_connect() {
+        "connect".to_string()
+    } else {
+        "request failed".to_string()
+    }
+}
+
+/// The value of the sample `name value` (no labels) in Prometheus text.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let mut parts = line.split_whitespace();
+        (parts.next()? == name).then(|| parts.next()?.parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_values_are_read_from_prometheus_text() {
+        let text = "# TYPE fanout_history_bytes gauge\nfanout_history_bytes 1234\n\
+                    fanout_history_bytes_other 9\nfanout_recoveries_total{outcome=\"recovered\"} 3\n";
+        assert_eq!(metric_value(text, "fanout_history_bytes"), Some(1234.0));
+        assert_eq!(metric_value(text, "fanout_recoveries_total"), None);
+        assert_eq!(metric_value(text, "absent"), None);
     }
 }

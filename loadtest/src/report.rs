@@ -23,7 +23,7 @@ const MAX_ERROR_KINDS: usize = 16;
 /// One run's result. Field meanings are documented in loadtest/README.md.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Report {
-    /// `idle`, `fanout`, `rooms`, `users` or `churn`.
+    /// `idle`, `fanout`, `rooms`, `users`, `churn` or `history`.
     pub(crate) scenario: String,
     /// False when the run hit `--duration` (or a child failed) before finishing.
     pub(crate) complete: bool,
@@ -58,6 +58,15 @@ pub(crate) struct Report {
     /// Churn connections (`churn`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) churn: Option<ChurnReport>,
+    /// Reconnecting clients (`churn --reconnect` / `--recover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) recovery: Option<RecoveryReport>,
+    /// Node CPU while a message scenario published (with `--node-pid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) node_cpu: Option<NodeCpuReport>,
+    /// What room history cost the node (`history`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) history: Option<HistoryReport>,
     /// Problems worth reading (first few).
     pub(crate) errors: Vec<String>,
 }
@@ -289,6 +298,101 @@ impl ChurnReport {
     }
 }
 
+/// Clients of `churn --reconnect` / `--recover`, over all their connections.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct RecoveryReport {
+    /// Whether returning clients subscribed with `since` (`--recover`).
+    pub(crate) since: bool,
+    /// Reconnecting clients asked for.
+    pub(crate) clients: u64,
+    /// Clients whose first subscribe succeeded: each is owed every message.
+    pub(crate) opened: u64,
+    /// Times a client came back (opened and subscribed again).
+    pub(crate) reconnects: u64,
+    /// Attempts to come back that failed (the client tried again).
+    pub(crate) reconnect_failed: u64,
+    /// Resubscribes with `since` answered `"recovered":true`.
+    pub(crate) recovered: u64,
+    /// Resubscribes with `since` answered `"recovered":false` (or without
+    /// the flag).
+    pub(crate) not_recovered: u64,
+    /// `--recover` resubscribes that had no position to send: the room's
+    /// acks and messages carried none (it keeps no history).
+    pub(crate) no_position: u64,
+    /// Messages that arrived as replay (after a recovered `ack`, up to the
+    /// offset it named).
+    pub(crate) replayed: u64,
+    /// What the clients received, accounted across their connections:
+    /// `expected` is every accepted publish × `opened`.
+    pub(crate) delivery: DeliveryReport,
+}
+
+impl RecoveryReport {
+    fn merge(&mut self, o: &RecoveryReport) {
+        self.since |= o.since;
+        self.clients += o.clients;
+        self.opened += o.opened;
+        self.reconnects += o.reconnects;
+        self.reconnect_failed += o.reconnect_failed;
+        self.recovered += o.recovered;
+        self.not_recovered += o.not_recovered;
+        self.no_position += o.no_position;
+        self.replayed += o.replayed;
+        self.delivery.merge(&o.delivery);
+    }
+}
+
+/// CPU of the `--node-pid` processes while a message scenario published
+/// and drained (read by the leader).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct NodeCpuReport {
+    /// The pids measured.
+    pub(crate) pids: Vec<u32>,
+    /// Length of the window, seconds: from the "ready" exchange (every
+    /// connection subscribed) to the end of the drain.
+    pub(crate) secs: f64,
+    /// CPU the node processes used in it, seconds (utime + stime).
+    pub(crate) cpu_secs: f64,
+    /// `cpu_secs / secs`, percent of one core.
+    pub(crate) cpu_percent: f64,
+    /// `cpu_secs` per accepted publish (all processes), µs.
+    pub(crate) per_publish_us: f64,
+}
+
+/// What `history` measured: N rooms filled with M messages each.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct HistoryReport {
+    /// Rooms filled.
+    pub(crate) rooms: u64,
+    /// Messages published into each room.
+    pub(crate) messages_per_room: u64,
+    /// Padding of each payload (`--payload-bytes`).
+    pub(crate) payload_bytes: u64,
+    /// Rooms whose history was read back to check what is kept.
+    pub(crate) sampled_rooms: u64,
+    /// Fewest messages a sampled room's history held (`null`: the rooms
+    /// keep no history, 404).
+    pub(crate) kept_per_room: Option<u64>,
+    /// `fanout_history_bytes` of the first node before publishing (`null`
+    /// when its `/metrics` has no such gauge).
+    pub(crate) history_bytes_before: Option<f64>,
+    /// The same gauge after the last publish.
+    pub(crate) history_bytes_after: Option<f64>,
+    /// `(after − before) / rooms`.
+    pub(crate) history_bytes_per_room: Option<f64>,
+    /// Rise of `fanout_history_evicted_total`: rooms whose history the
+    /// node dropped to stay within its memory budget.
+    pub(crate) evicted_rooms: Option<f64>,
+    /// The `--node-pid`s whose RSS was read.
+    pub(crate) pids: Vec<u32>,
+    /// Summed VmRSS before the first publish, KiB.
+    pub(crate) rss_before_kib: u64,
+    /// Summed VmRSS after the last publish and `--settle`, KiB.
+    pub(crate) rss_after_kib: u64,
+    /// `(after − before) × 1024 / rooms` (`null` without `--node-pid`).
+    pub(crate) rss_per_room_bytes: Option<f64>,
+}
+
 /// Adds one error to a bounded map of error kinds.
 pub(crate) fn count_error(map: &mut BTreeMap<String, u64>, err: String) {
     if map.len() >= MAX_ERROR_KINDS && !map.contains_key(&err) {
@@ -326,9 +430,16 @@ impl Report {
         merge_opt(&mut self.publish, &o.publish, PublishReport::merge);
         merge_opt(&mut self.delivery, &o.delivery, DeliveryReport::merge);
         merge_opt(&mut self.churn, &o.churn, ChurnReport::merge);
+        merge_opt(&mut self.recovery, &o.recovery, RecoveryReport::merge);
         // Measured by the leader only, and identical in every child.
         if self.server.is_none() {
             self.server.clone_from(&o.server);
+        }
+        if self.node_cpu.is_none() {
+            self.node_cpu.clone_from(&o.node_cpu);
+        }
+        if self.history.is_none() {
+            self.history.clone_from(&o.history);
         }
         if self.ramp.is_none() {
             self.ramp.clone_from(&o.ramp);
@@ -372,6 +483,17 @@ impl Report {
         if let Some(d) = &mut self.delivery {
             d.finish();
         }
+        if let Some(r) = &mut self.recovery {
+            r.delivery.finish();
+        }
+        if let Some(n) = &mut self.node_cpu {
+            let accepted = self.publish.as_ref().map_or(0, |p| p.accepted);
+            n.per_publish_us = if accepted > 0 {
+                round2(n.cpu_secs * 1e6 / accepted as f64)
+            } else {
+                0.0
+            };
+        }
         if let Some(h) = &self.histogram {
             match latency::from_base64(h) {
                 Ok(h) => self.latency_ms = Some(LatencySummary::of(&h)),
@@ -407,16 +529,18 @@ impl Report {
             self.nodes.len(),
             self.codec
         );
-        let _ = writeln!(
-            s,
-            "  connections: {}/{} in {:.2}s ({:.0}/s), {} failed, {} dropped",
-            c.connected,
-            c.target,
-            c.secs,
-            c.rate,
-            c.failed,
-            c.dropped()
-        );
+        if c.target > 0 {
+            let _ = writeln!(
+                s,
+                "  connections: {}/{} in {:.2}s ({:.0}/s), {} failed, {} dropped",
+                c.connected,
+                c.target,
+                c.secs,
+                c.rate,
+                c.failed,
+                c.dropped()
+            );
+        }
         if c.listen_overflows > 0 {
             let _ = writeln!(
                 s,
@@ -496,11 +620,80 @@ impl Report {
                 ch.opened, ch.failed, ch.closed, ch.dropped
             );
         }
+        if let Some(r) = &self.recovery {
+            recovery_summary(&mut s, r);
+        }
+        if let Some(n) = &self.node_cpu {
+            let _ = writeln!(
+                s,
+                "  node CPU while publishing: {:.2} s over {:.1} s ({:.1}% of one core), {:.1} µs per publish",
+                n.cpu_secs, n.secs, n.cpu_percent, n.per_publish_us
+            );
+        }
+        if let Some(h) = &self.history {
+            history_summary(&mut s, h);
+        }
         for e in &self.errors {
             let _ = writeln!(s, "  error: {e}");
         }
         s
     }
+}
+
+fn recovery_summary(s: &mut String, r: &RecoveryReport) {
+    let d = &r.delivery;
+    let _ = writeln!(
+        s,
+        "  recovery: {}/{} clients, {} reconnects {} ({} failed): {} recovered, {} not recovered, {} replayed",
+        r.opened,
+        r.clients,
+        r.reconnects,
+        if r.since {
+            "with since"
+        } else {
+            "without since"
+        },
+        r.reconnect_failed,
+        r.recovered,
+        r.not_recovered,
+        r.replayed
+    );
+    let _ = writeln!(
+        s,
+        "    across reconnects: {}/{} received, loss {}, duplicates {}, order violations {}, unexpected {}",
+        d.received, d.expected, d.loss, d.duplicates, d.order_violations, d.unexpected
+    );
+    if r.no_position > 0 {
+        let _ = writeln!(
+            s,
+            "    {} comebacks had no position to resume from: the room keeps no history (no [[history]] rule matches it)",
+            r.no_position
+        );
+    }
+}
+
+fn history_summary(s: &mut String, h: &HistoryReport) {
+    let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
+    let _ = writeln!(
+        s,
+        "  history: {} rooms × {} messages of {} B padding; kept per sampled room: {}",
+        h.rooms,
+        h.messages_per_room,
+        h.payload_bytes,
+        h.kept_per_room
+            .map_or("none (no history)".to_string(), |k| k.to_string())
+    );
+    let _ = writeln!(
+        s,
+        "    fanout_history_bytes {} → {} = {} B/room; rooms evicted {}; RSS {} → {} KiB = {} B/room",
+        opt(h.history_bytes_before),
+        opt(h.history_bytes_after),
+        opt(h.history_bytes_per_room),
+        opt(h.evicted_rooms),
+        h.rss_before_kib,
+        h.rss_after_kib,
+        opt(h.rss_per_room_bytes)
+    );
 }
 
 fn merge_opt<T: Clone>(into: &mut Option<T>, from: &Option<T>, f: fn(&mut T, &T)) {
@@ -573,5 +766,37 @@ mod tests {
             "{l:?}"
         );
         assert!(a.summary().contains("latency ms"), "{}", a.summary());
+    }
+
+    #[test]
+    fn recovery_counts_merge_and_loss_is_derived_across_processes() {
+        let part = |received, recovered| {
+            let mut r = child(10, 1_000);
+            r.recovery = Some(RecoveryReport {
+                since: true,
+                clients: 3,
+                opened: 3,
+                reconnects: 5,
+                recovered,
+                not_recovered: 5 - recovered,
+                delivery: DeliveryReport {
+                    expected: 300,
+                    received,
+                    ..DeliveryReport::default()
+                },
+                ..RecoveryReport::default()
+            });
+            r
+        };
+        let mut a = part(300, 5);
+        a.merge(&part(290, 4));
+        a.finish();
+        let r = a.recovery.as_ref().unwrap();
+        assert_eq!((r.clients, r.reconnects), (6, 10));
+        assert_eq!((r.recovered, r.not_recovered), (9, 1));
+        assert_eq!((r.delivery.expected, r.delivery.loss), (600, 10));
+        let text = a.summary();
+        assert!(text.contains("9 recovered, 1 not recovered"), "{text}");
+        assert!(text.contains("590/600 received, loss 10"), "{text}");
     }
 }

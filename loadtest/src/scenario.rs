@@ -9,8 +9,10 @@
 mod addressed;
 mod churn;
 mod fanout;
+mod history;
 mod idle;
 mod ramp;
+mod rejoin;
 mod rooms;
 mod users;
 
@@ -28,8 +30,9 @@ use crate::conn::ConnSpec;
 use crate::coord::Coord;
 use crate::latency;
 use crate::pool::{Ends, Pace};
+use crate::procstat;
 use crate::publish::{Api, Outcome, Plan, Route};
-use crate::report::{DeliveryReport, Report};
+use crate::report::{DeliveryReport, NodeCpuReport, Report, round2};
 use crate::tally::{Counts, Expect, Tally};
 use crate::target::{self, Target};
 use crate::token::Minter;
@@ -59,6 +62,7 @@ pub(crate) async fn run(
         Command::Rooms(a) => rooms::run(&mut ctx, a, &mut report).await,
         Command::Users(a) => users::run(&mut ctx, a, &mut report).await,
         Command::Churn(a) => churn::run(&mut ctx, a, &mut report).await,
+        Command::History(a) => history::run(&mut ctx, a, &mut report).await,
         Command::Child => Ok(()),
     };
     if let Err(e) = result {
@@ -202,9 +206,15 @@ impl Ctx {
             auth: self.common.auth,
             token,
             rooms,
+            since: None,
             expect,
             timeout: self.common.connect_timeout,
         })
+    }
+
+    /// `http://host:port` of node `i` (round-robin over the `--node`s).
+    pub(crate) fn http_base(&self, i: usize) -> &str {
+        &self.targets[i % self.targets.len()].http_base
     }
 
     /// How connections are opened.
@@ -257,9 +267,67 @@ impl Ctx {
     /// Waits until `tally` has received `expected` first copies, for at
     /// most `--drain` (and never past the deadline).
     pub(crate) async fn drain(&self, tally: &Tally, expected: u64) {
+        self.drain_all(&[(tally, expected)]).await;
+    }
+
+    /// [`Ctx::drain`] for several groups of connections at once.
+    pub(crate) async fn drain_all(&self, groups: &[(&Tally, u64)]) {
         let until = (Instant::now() + self.common.drain).min(self.deadline);
-        while tally.received() < expected && Instant::now() < until {
+        while groups.iter().any(|(t, e)| t.received() < *e) && Instant::now() < until {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Starts reading the nodes' CPU (`--node-pid`, leader only) for a
+    /// message scenario's publishing window; a pid that cannot be read is
+    /// reported as an error.
+    pub(crate) fn cpu_window(&self, report: &mut Report) -> Option<CpuWindow> {
+        let pids = &self.common.node_pids;
+        if !self.coord.is_leader() || pids.is_empty() {
+            return None;
+        }
+        match procstat::cpu_ticks_sum(pids) {
+            Ok(ticks) => Some(CpuWindow {
+                pids: pids.clone(),
+                started: Instant::now(),
+                ticks,
+            }),
+            Err(e) => {
+                report.error(format!("--node-pid: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// The nodes' CPU time at the start of a window.
+pub(crate) struct CpuWindow {
+    pids: Vec<u32>,
+    started: Instant,
+    ticks: u64,
+}
+
+impl CpuWindow {
+    /// Ends the window and records the CPU used in it (`node_cpu`; the
+    /// per-publish figure is derived when the report is finished).
+    pub(crate) fn finish(self, report: &mut Report) {
+        match procstat::cpu_ticks_sum(&self.pids) {
+            Ok(ticks) => {
+                let secs = self.started.elapsed().as_secs_f64();
+                let cpu_secs = ticks.saturating_sub(self.ticks) as f64 / procstat::TICKS_PER_SEC;
+                report.node_cpu = Some(NodeCpuReport {
+                    pids: self.pids,
+                    secs: round2(secs),
+                    cpu_secs: round2(cpu_secs),
+                    cpu_percent: if secs > 0.0 {
+                        round2(cpu_secs / secs * 100.0)
+                    } else {
+                        0.0
+                    },
+                    per_publish_us: 0.0,
+                });
+            }
+            Err(e) => report.error(format!("--node-pid: {e}")),
         }
     }
 }

@@ -9,6 +9,7 @@ mod support;
 
 use std::time::Duration;
 
+use fanout_gateway::config::HistoryRule;
 use support::{Floor, Node, Redis, loadtest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,6 +262,148 @@ async fn churn_keeps_the_stable_subscribers_whole() {
     assert_eq!(churn["failed"], 0, "{r}");
     assert_eq!(churn["dropped"], 0, "{r}");
     assert_eq!(churn["opened"], churn["closed"], "{r}");
+}
+
+/// A node whose scenario rooms (`lt-<run>-room<i>`) keep their last
+/// `size` messages.
+async fn node_with_history(size: usize) -> Node {
+    Node::spawn(|c| {
+        c.history = vec![HistoryRule {
+            tenant: "*".into(),
+            rooms: "lt-*-room*".into(),
+            size,
+            ttl: Duration::from_secs(300),
+        }];
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_clients_recover_every_message_exactly_once() {
+    let node = node_with_history(100).await;
+    let ws = node.ws();
+    // 6 clients (10/s × (300 ms + 300 ms)), each away 300 ms at a time
+    // while 150 messages go out over 1.5 s: ~30 messages missed per absence.
+    let churn = |mode: &'static str| {
+        let ws = ws.clone();
+        async move {
+            loadtest(&[
+                "churn",
+                "--node",
+                &ws,
+                "--subscribers",
+                "4",
+                "--publishes",
+                "150",
+                "--rate",
+                "100",
+                "--publishers",
+                "2",
+                "--churn-rate",
+                "10",
+                "--churn-hold",
+                "300ms",
+                "--churn-away",
+                "300ms",
+                "--drain",
+                "3s",
+                mode,
+                "--duration",
+                "30s",
+            ])
+            .await
+        }
+    };
+
+    let run = churn("--recover").await;
+    let r = run.assert_clean();
+    let rec = &r["recovery"];
+    assert_eq!(rec["since"], true, "{r}");
+    assert_eq!(rec["opened"], 6, "{r}");
+    let d = &rec["delivery"];
+    assert_eq!(d["expected"], 150 * 6, "{r}");
+    assert_eq!(d["received"], d["expected"], "{r}");
+    assert_eq!(d["loss"], 0, "{r}");
+    assert_eq!(d["duplicates"], 0, "{r}");
+    assert_eq!(d["order_violations"], 0, "{r}");
+    assert_eq!(d["unexpected"], 0, "{r}");
+    let reconnects = rec["reconnects"].as_u64().unwrap();
+    assert!(reconnects >= 6, "every client came back at least once: {r}");
+    assert_eq!(rec["recovered"], reconnects, "{r}");
+    assert_eq!(rec["not_recovered"], 0, "{r}");
+    assert_eq!(rec["no_position"], 0, "{r}");
+    assert!(
+        rec["replayed"].as_u64().unwrap() > 0,
+        "what was missed came as replay: {r}"
+    );
+    assert!(
+        run.stderr.contains("recovery: 6/6 clients"),
+        "{}",
+        run.stderr
+    );
+
+    // The same clients without `since` miss what was published while they
+    // were away: the check can fail.
+    let run = churn("--reconnect").await;
+    let r = &run.result;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let rec = &r["recovery"];
+    assert_eq!(rec["since"], false, "{r}");
+    assert!(rec["reconnects"].as_u64().unwrap() >= 6, "{r}");
+    assert_eq!(rec["recovered"], 0, "{r}");
+    assert_eq!(rec["replayed"], 0, "{r}");
+    assert!(rec["delivery"]["loss"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(rec["delivery"]["duplicates"], 0, "{r}");
+    // The stable subscribers are unaffected either way.
+    assert_eq!(r["delivery"]["loss"], 0, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_fills_rooms_and_reads_back_what_they_keep() {
+    let pid = std::process::id().to_string();
+    for keep in [true, false] {
+        let node = if keep {
+            node_with_history(8).await
+        } else {
+            Node::spawn(|_| {}).await
+        };
+        let run = loadtest(&[
+            "history",
+            "--node",
+            &node.ws(),
+            "--rooms",
+            "20",
+            "--messages",
+            "10",
+            "--batch",
+            "64",
+            "--payload-bytes",
+            "100",
+            "--settle",
+            "100ms",
+            "--node-pid",
+            &pid,
+            "--duration",
+            "20s",
+        ])
+        .await;
+        let r = &run.result;
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert_eq!(r["complete"], true, "{r}");
+        assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+        assert_eq!(r["publish"]["accepted"], 200, "{r}");
+        let h = &r["history"];
+        assert_eq!(h["rooms"], 20, "{r}");
+        assert!(h["rss_after_kib"].as_u64().unwrap() > 0, "{r}");
+        if keep {
+            // Ten published, the rule keeps eight.
+            assert_eq!(h["kept_per_room"], 8, "{r}");
+            assert!(h["history_bytes_after"].as_f64().unwrap() > 0.0, "{r}");
+        } else {
+            assert!(h["kept_per_room"].is_null(), "{r}");
+        }
+        node.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

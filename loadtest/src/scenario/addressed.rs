@@ -44,6 +44,7 @@ pub(super) async fn run<F: Fn(usize) -> Route>(
 
     let result: anyhow::Result<()> = async {
         ctx.coord.exchange("ready", &(), ctx.deadline).await?;
+        let cpu = ctx.cpu_window(report);
         let count = ctx.share_u64(load.publishes);
         let plans = ctx.plans(load, count, load.rate, setup.routes, &setup.route);
         let outcome = ctx.api.run_all(plans, ctx.publish_deadline()).await;
@@ -55,6 +56,9 @@ pub(super) async fn run<F: Fn(usize) -> Route>(
             .map(|(s, _)| outcome.accepted.get(s).copied().unwrap_or(0))
             .sum();
         ctx.drain(&tally, expected).await;
+        if let Some(cpu) = cpu {
+            cpu.finish(report);
+        }
         fill_delivery(report, &outcome, tally.counts(), expected, &tally)
     }
     .await;

@@ -3,6 +3,10 @@
 //! `fanout` (membership changing under a broadcast must not cost them a
 //! message, a duplicate or order); the churn connections are counted
 //! (opened, failed, dropped) but owed nothing, since they come and go.
+//!
+//! With `--reconnect` or `--recover` the churn connections are instead a
+//! fixed set of clients that leave and come back ([`super::rejoin`]); they
+//! are owed every message, accounted across their connections.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,42 +17,104 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::fanout::{check_load, subscribe};
+use super::rejoin::Rejoiners;
 use super::{CLOSE_WAIT, Ctx, fill_delivery, fill_ends};
 use crate::cli::ChurnArgs;
 use crate::conn::{Conn, ConnEnd, ConnSpec, RunCtx};
+use crate::pool::Pool;
 use crate::publish::{Address, Route};
 use crate::report::{ChurnReport, Report, count_error};
 use crate::tally::{Expect, Tally};
 
+/// Runs `churn`: the stable subscribers' fan-out under fresh churn
+/// connections, or under reconnecting clients (`--reconnect`, `--recover`).
 pub(super) async fn run(ctx: &mut Ctx, a: &ChurnArgs, report: &mut Report) -> anyhow::Result<()> {
     ensure!(a.subscribers > 0, "--subscribers must be at least 1");
     ensure!(a.churn_rate > 0.0, "--churn-rate must be above 0");
     check_load(&a.load)?;
+    ensure!(
+        !a.reconnecting() || !a.churn_away.is_zero(),
+        "--churn-away must be above 0"
+    );
     let room = ctx.name("room", 0);
     let (pool, tally) = subscribe(ctx, &room, a.subscribers, "sub").await?;
     report.connections = pool.connect.clone();
 
-    let result: anyhow::Result<()> = async {
-        ctx.coord.exchange("ready", &(), ctx.deadline).await?;
-        let churn = Churn::start(ctx, a, &room)?;
-        let count = ctx.share_u64(a.load.publishes);
-        let plans = ctx.plans(&a.load, count, a.load.rate, a.load.publishers, |k| Route {
-            to: Address::Room(room.clone()),
-            stream: ctx.stream_id(k as u64),
-        });
-        let outcome = ctx.api.run_all(plans, ctx.publish_deadline()).await;
-        report.churn = Some(churn.finish(a.churn_hold + Duration::from_secs(3)).await);
-        let published: Vec<u64> = ctx
-            .coord
-            .exchange("published", &outcome.report.accepted, ctx.deadline)
-            .await?;
-        let expected = published.iter().sum::<u64>() * pool.connect.connected;
-        ctx.drain(&tally, expected).await;
-        fill_delivery(report, &outcome, tally.counts(), expected, &tally)
-    }
+    let mut rejoiners = None;
+    let mut published = 0;
+    let result = measure(
+        ctx,
+        a,
+        (&room, &pool, &tally),
+        &mut rejoiners,
+        &mut published,
+        report,
+    )
     .await;
+    if let Some(r) = rejoiners {
+        let (churn, mut recovery) = r.finish(CLOSE_WAIT + Duration::from_secs(1)).await;
+        // Owed: every publish accepted in the run, to every client that opened.
+        recovery.delivery.expected = published * recovery.opened;
+        recovery.delivery.first_us = report.publish.as_ref().map_or(0, |p| p.first_us);
+        report.churn = Some(churn);
+        report.recovery = Some(recovery);
+    }
     fill_ends(report, pool.close(CLOSE_WAIT).await);
     result
+}
+
+/// Publishes while the churn runs and measures; sets `published` to the
+/// publishes accepted in the whole run (all processes).
+async fn measure(
+    ctx: &mut Ctx,
+    a: &ChurnArgs,
+    (room, pool, tally): (&str, &Pool, &Tally),
+    rejoiners: &mut Option<Rejoiners>,
+    published: &mut u64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    if a.reconnecting() {
+        *rejoiners = Some(Rejoiners::open(ctx, a, room).await?);
+    }
+    ctx.coord.exchange("ready", &(), ctx.deadline).await?;
+    let cpu = ctx.cpu_window(report);
+    let churn = match rejoiners {
+        Some(r) => {
+            r.go();
+            None
+        }
+        None => Some(Churn::start(ctx, a, room)?),
+    };
+    let count = ctx.share_u64(a.load.publishes);
+    let plans = ctx.plans(&a.load, count, a.load.rate, a.load.publishers, |k| Route {
+        to: Address::Room(room.to_owned()),
+        stream: ctx.stream_id(k as u64),
+    });
+    let outcome = ctx.api.run_all(plans, ctx.publish_deadline()).await;
+    if let Some(churn) = churn {
+        report.churn = Some(churn.finish(a.churn_hold + Duration::from_secs(3)).await);
+    }
+    if let Some(r) = rejoiners {
+        r.settle();
+    }
+    let all: Vec<u64> = ctx
+        .coord
+        .exchange("published", &outcome.report.accepted, ctx.deadline)
+        .await?;
+    let total: u64 = all.iter().sum();
+    *published = total;
+    let expected = total * pool.connect.connected;
+    match rejoiners {
+        Some(r) => {
+            ctx.drain_all(&[(tally, expected), (r.tally(), total * r.opened())])
+                .await;
+        }
+        None => ctx.drain(tally, expected).await,
+    }
+    if let Some(cpu) = cpu {
+        cpu.finish(report);
+    }
+    fill_delivery(report, &outcome, tally.counts(), expected, tally)
 }
 
 /// The churn loop running beside the publishers.

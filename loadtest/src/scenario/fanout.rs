@@ -67,6 +67,7 @@ async fn publish_and_measure(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     ctx.coord.exchange("ready", &(), ctx.deadline).await?;
+    let cpu = ctx.cpu_window(report);
     let count = ctx.share_u64(a.load.publishes);
     let plans = ctx.plans(&a.load, count, a.load.rate, a.load.publishers, |k| Route {
         to: Address::Room(room.to_owned()),
@@ -79,5 +80,8 @@ async fn publish_and_measure(
         .await?;
     let expected = published.iter().sum::<u64>() * pool.connect.connected;
     ctx.drain(tally, expected).await;
+    if let Some(cpu) = cpu {
+        cpu.finish(report);
+    }
     fill_delivery(report, &outcome, tally.counts(), expected, tally)
 }

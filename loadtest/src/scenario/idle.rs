@@ -22,25 +22,13 @@ use crate::procstat;
 use crate::report::{Report, ServerReport, round2};
 use crate::tally::{Expect, Tally};
 
-fn rss_sum(pids: &[u32]) -> anyhow::Result<u64> {
-    pids.iter()
-        .map(|p| procstat::rss_kib(*p).map_err(Into::into))
-        .sum()
-}
-
-fn ticks_sum(pids: &[u32]) -> anyhow::Result<u64> {
-    pids.iter()
-        .map(|p| procstat::cpu_ticks(*p).map_err(Into::into))
-        .sum()
-}
-
 pub(super) async fn run(ctx: &mut Ctx, a: &IdleArgs, report: &mut Report) -> anyhow::Result<()> {
     ensure!(a.connections > 0, "--connections must be at least 1");
     ensure!(a.rooms > 0, "--rooms must be at least 1");
     let pids = ctx.common.node_pids.clone();
     let measure = ctx.coord.is_leader() && !pids.is_empty();
     let rss_before = if measure {
-        rss_sum(&pids).context("--node-pid")?
+        procstat::rss_kib_sum(&pids).context("--node-pid")?
     } else {
         0
     };
@@ -70,12 +58,12 @@ pub(super) async fn run(ctx: &mut Ctx, a: &IdleArgs, report: &mut Report) -> any
         let settle_until = (Instant::now() + a.settle).min(end);
         tokio::time::sleep_until(settle_until).await;
         if measure {
-            let rss_after = rss_sum(&pids)?;
+            let rss_after = procstat::rss_kib_sum(&pids)?;
             let hold_until = (Instant::now() + a.hold).min(end);
             let t0 = Instant::now();
-            let ticks0 = ticks_sum(&pids)?;
+            let ticks0 = procstat::cpu_ticks_sum(&pids)?;
             tokio::time::sleep_until(hold_until).await;
-            let ticks1 = ticks_sum(&pids)?;
+            let ticks1 = procstat::cpu_ticks_sum(&pids)?;
             let hold = t0.elapsed().as_secs_f64();
             let cpu_secs = ticks1.saturating_sub(ticks0) as f64 / procstat::TICKS_PER_SEC;
             report.server = Some(ServerReport {
