@@ -23,9 +23,13 @@ use crate::cluster::{HistoryPage, HistoryQuery, StreamSpec, new_epoch};
 use crate::message::Position;
 use crate::metrics as m;
 
-/// Bytes counted for a stored message besides its JSON (offset, deque slot,
-/// the `Bytes` handle).
-const ENTRY_OVERHEAD: usize = 48;
+/// Bytes counted for a stored message besides its JSON: its deque slot
+/// (offset and `Bytes` handle, 40 B, in a deque that rounds up to a power of
+/// two) and the allocation's own header.
+const ENTRY_OVERHEAD: usize = 64;
+/// Bytes counted for a room's stream besides its messages: the map entry
+/// with its keys, the epoch, the age index entry.
+const STREAM_OVERHEAD: usize = 192;
 
 /// One room's stream.
 #[derive(Debug)]
@@ -111,15 +115,21 @@ impl Streams {
         let key = (tenant.clone(), room.clone());
         inner.seq += 1;
         let age_key = (now, inner.seq);
-        let stream = inner.streams.entry(key.clone()).or_insert_with(|| Stream {
-            epoch: new_epoch(),
-            top: 0,
-            entries: VecDeque::new(),
-            bytes: 0,
-            touched: now,
-            age_key,
-            spec,
-        });
+        let stream = match inner.streams.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                inner.bytes += STREAM_OVERHEAD;
+                e.insert(Stream {
+                    epoch: new_epoch(),
+                    top: 0,
+                    entries: VecDeque::new(),
+                    bytes: 0,
+                    touched: now,
+                    age_key,
+                    spec,
+                })
+            }
+        };
         inner.bytes -= stream.expire(now);
         inner.by_age.remove(&stream.age_key);
         stream.touched = now;
@@ -129,7 +139,12 @@ impl Streams {
         stream.top += 1;
         let offset = stream.top;
         let size = json.len() + ENTRY_OVERHEAD;
-        stream.entries.push_back((offset, json));
+        // A copy of exactly the frame's length: the live frame's buffer has
+        // the encoder's spare capacity, which history would otherwise keep
+        // for as long as the message (up to twice the bytes counted).
+        stream
+            .entries
+            .push_back((offset, Bytes::copy_from_slice(&json)));
         stream.bytes += size;
         inner.bytes += size;
         while stream.entries.len() > spec.size {
@@ -161,6 +176,7 @@ impl Streams {
         inner.forget_stale(now);
         let key = (tenant.clone(), room.clone());
         if !inner.streams.contains_key(&key) {
+            inner.bytes += STREAM_OVERHEAD;
             inner.seq += 1;
             let age_key = (now, inner.seq);
             inner.by_age.insert(age_key, key.clone());
@@ -194,12 +210,15 @@ impl Streams {
                 stream.entries.iter().skip(skip).cloned().collect()
             }
         };
-        HistoryPage {
+        let page = HistoryPage {
             epoch: stream.epoch.clone(),
             top: stream.top,
             oldest: stream.oldest(),
             messages,
-        }
+        };
+        inner.evict_over(self.budget, &key);
+        m::history_bytes(inner.bytes);
+        page
     }
 
     /// Bytes of history held now.
@@ -224,18 +243,35 @@ impl Inner {
             let key = key.clone();
             self.by_age.remove(&age_key);
             if let Some(stream) = self.streams.remove(&key) {
-                self.bytes -= stream.bytes;
+                self.bytes -= stream.bytes + STREAM_OVERHEAD;
             }
         }
     }
 
     /// Drops whole rooms' messages, least recently published first, until
-    /// the budget holds; never the room just published to (`keep`), unless
-    /// it alone is over the budget.
+    /// the budget holds; never the room just used (`keep`), unless it alone
+    /// is over the budget. If that is not enough (many rooms with a stream
+    /// and few messages), forgets whole streams, epoch and counter too,
+    /// oldest first: a client of such a room then learns `recovered:false`.
     fn evict_over(&mut self, budget: usize, keep: &(Name, Name)) {
         if self.bytes <= budget {
             return;
         }
+        self.drop_messages(budget, keep);
+        while self.bytes > budget {
+            let Some((&age_key, key)) = self.by_age.iter().find(|(_, k)| *k != keep) else {
+                return;
+            };
+            let key = key.clone();
+            self.by_age.remove(&age_key);
+            if let Some(stream) = self.streams.remove(&key) {
+                self.bytes -= stream.bytes + STREAM_OVERHEAD;
+                m::history_evicted(1);
+            }
+        }
+    }
+
+    fn drop_messages(&mut self, budget: usize, keep: &(Name, Name)) {
         let order: Vec<(Name, Name)> = self.by_age.values().cloned().collect();
         for key in order
             .iter()
@@ -348,21 +384,35 @@ mod tests {
     fn over_the_memory_budget_the_least_recently_published_rooms_lose_their_messages_first() {
         let msg = Bytes::from(vec![b'x'; 100]);
         let per = 100 + ENTRY_OVERHEAD;
-        let s = Streams::new(per * 4);
+        let budget = per * 4 + STREAM_OVERHEAD * 3;
+        let s = Streams::new(budget);
         for room in ["a", "b"] {
             for _ in 0..2 {
                 s.append(&n("t"), &n(room), SPEC, msg.clone());
             }
         }
-        assert_eq!(s.bytes(), per * 4);
+        assert_eq!(s.bytes(), per * 4 + STREAM_OVERHEAD * 2);
         s.append(&n("t"), &n("c"), SPEC, msg.clone());
-        assert!(
-            all(&s, "a").messages.is_empty(),
-            "the oldest room is evicted"
-        );
-        assert_eq!(all(&s, "a").top, 2, "its counter stays");
+        assert!(s.bytes() <= budget);
+        let a = all(&s, "a");
+        assert!(a.messages.is_empty(), "the oldest room is evicted");
+        assert_eq!(a.top, 2, "its counter stays");
         assert_eq!(all(&s, "b").messages.len(), 2);
         assert_eq!(all(&s, "c").messages.len(), 1);
-        assert!(s.bytes() <= per * 4);
+    }
+
+    #[test]
+    fn many_empty_streams_are_forgotten_oldest_first_within_the_budget() {
+        let s = Streams::new(STREAM_OVERHEAD * 3);
+        let first = all(&s, "r0").epoch;
+        for i in 1..10 {
+            all(&s, &format!("r{i}"));
+        }
+        assert!(s.bytes() <= STREAM_OVERHEAD * 3, "{}", s.bytes());
+        assert_ne!(
+            all(&s, "r0").epoch,
+            first,
+            "r0 was forgotten and starts a new epoch"
+        );
     }
 }
