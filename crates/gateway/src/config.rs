@@ -107,6 +107,56 @@ mod tests {
     }
 
     #[test]
+    fn history_rules_are_read_in_order_and_checked() {
+        let ok = Config::from_toml_str(
+            "[[history]]\ntenant = \"acme\"\nrooms = \"chat:vip:*\"\nsize = 1000\nttl = \"1h\"\n\
+             [[history]]\ntenant = \"*\"\nrooms = \"chat:*\"\nsize = 100\nttl = \"5m\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.history.len(), 2);
+        assert_eq!(ok.history[0].rooms, "chat:vip:*");
+        assert_eq!(ok.history[1].ttl, std::time::Duration::from_secs(300));
+        let rule = |body: &str| format!("[[history]]\n{body}\n");
+        for (body, field) in [
+            (
+                "tenant = \"a b\"\nrooms = \"*\"\nsize = 1\nttl = \"1s\"",
+                "history.tenant",
+            ),
+            (
+                "tenant = \"*\"\nrooms = \"\"\nsize = 1\nttl = \"1s\"",
+                "history.rooms",
+            ),
+            (
+                "tenant = \"*\"\nrooms = \"*\"\nsize = 0\nttl = \"1s\"",
+                "history.size",
+            ),
+            (
+                "tenant = \"*\"\nrooms = \"*\"\nsize = 10001\nttl = \"1s\"",
+                "history.size",
+            ),
+            (
+                "tenant = \"*\"\nrooms = \"*\"\nsize = 1\nttl = \"8d\"",
+                "history.ttl",
+            ),
+            (
+                "tenant = \"*\"\nrooms = \"*\"\nsize = 1\nttl = \"100ms\"",
+                "history.ttl",
+            ),
+        ] {
+            let err = Config::from_toml_str(&rule(body)).unwrap_err().to_string();
+            assert!(err.contains(field), "{body}: {err}");
+        }
+        let err = Config::from_toml_str("[[history]]\ntenant = \"*\"\nrooms = \"*\"\nsize = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ttl"), "a missing key is named: {err}");
+        let err = Config::from_toml_str("[limits]\nhistory_memory_bytes = 10")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.history_memory_bytes"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let err = Config::from_toml_str("[limits]\nmax_frame_byte = 10")
             .unwrap_err()
