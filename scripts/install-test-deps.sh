@@ -8,7 +8,16 @@ set -euo pipefail
 declare -A NEEDED=(
   [redis-server]=redis-server # cluster tests: a real Redis on a free loopback port
   [nginx]=nginx               # edge tests: a real nginx in front of the nodes
+  [chromium]=chromium         # browser tests of clients/js: Debian's headless Chromium
 )
+
+# clients/js tests: Node.js >= 20 with npm (the machine image ships them;
+# Debian bookworm's own nodejs is 18, too old, so it is not installed here).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1 \
+  || [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+  echo "The JavaScript client's tests need Node.js >= 20 with npm (found: $(node --version 2>/dev/null || echo none))." >&2
+  exit 1
+fi
 
 missing=()
 for bin in "${!NEEDED[@]}"; do

@@ -18,6 +18,10 @@ use crate::cluster::{PublishOptions, Published};
 use crate::message::{Audience, Broadcast, ConnId, EncodedFrame, Position, Recipients};
 use crate::metrics as m;
 
+/// The longest `,"offset":N,"epoch":"E"` a frame gets in a room with
+/// history (a 20-digit offset, a 10-character epoch).
+const POSITION_SUFFIX_MAX: usize = r#","offset":,"epoch":"""#.len() + 20 + 10;
+
 /// Where a publish came from (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishSource {
@@ -132,11 +136,17 @@ impl Node {
         let encoded =
             EncodedFrame::encode(&frame).map_err(|e| NodeError::Internal(e.to_string()))?;
         let max = self.config().limits.max_message_bytes;
-        if encoded.json_len() > max {
-            return Err(NodeError::TooLarge {
-                size: encoded.json_len(),
-                max,
-            });
+        // In a room with history the frame gets its position appended later
+        // (`,"offset":…,"epoch":"…"`); the limit holds for the delivered
+        // frame, so that a message that passes it fits every reader's queue.
+        let size = match &publish.audience {
+            Audience::Room(room) if self.stream_spec(&publish.tenant, room).is_some() => {
+                encoded.json_len() + POSITION_SUFFIX_MAX
+            }
+            _ => encoded.json_len(),
+        };
+        if size > max {
+            return Err(NodeError::TooLarge { size, max });
         }
         Ok(Prepared {
             scope,

@@ -743,3 +743,28 @@ async fn cluster_a_batch_failing_part_way_answers_the_ids_it_delivered() {
     );
     assert_eq!((&got[0]["id"], &got[1]["id"]), (&ids[0], &ids[1]));
 }
+
+/// The message size limit holds for the frame as delivered, position
+/// included: a message that fits it without history but not with its
+/// `offset`/`epoch` is refused in a room with history (and so can never
+/// overflow a reader's queue on its own, replayed or live).
+#[tokio::test]
+async fn the_size_limit_counts_the_position_a_room_with_history_adds() {
+    let node = TestServer::spawn_with(|c| {
+        with_history(10)(c);
+        c.limits.max_message_bytes = 1024;
+        c.limits.send_queue_bytes = 1024;
+    })
+    .await;
+    // A frame of about 1,000 bytes: under the limit alone, over it with a position.
+    let data = "x".repeat(880);
+    let body = |room: &str| json!({"tenant":"acme","room":room,"event":"n","data":data});
+    let (status, reply) = node.publish(body("lobby")).await;
+    assert_eq!(status, 202, "{reply}");
+    let (status, reply) = node.publish(body("chat:big")).await;
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (413, Some("too_large")),
+        "{reply}"
+    );
+}
