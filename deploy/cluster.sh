@@ -6,10 +6,19 @@
 #   deploy/cluster.sh status   # what runs, and whether it is ready
 #   deploy/cluster.sh down     # stop exactly what `up` started
 #
-# Everything lives in target/cluster/ (configs, keys, logs, pids). Ports can
-# be moved with FANOUT_CLUSTER_PORT (nginx, default 8443), FANOUT_NODE_PORTS
-# (default "8081 8082 8083") and FANOUT_REDIS_PORT (default 6380).
-# FANOUT_BIN points at another fanout binary.
+# Everything lives in target/cluster/ (configs, keys, logs, pids), or in
+# FANOUT_CLUSTER_DIR. Ports can be moved with FANOUT_CLUSTER_PORT (nginx,
+# default 8443), FANOUT_NODE_PORTS (default "8081 8082 8083") and
+# FANOUT_REDIS_PORT (default 6380). FANOUT_BIN points at another fanout binary.
+#
+# FANOUT_EXTRA_CONFIG names a TOML file appended to every node's config, e.g.
+# history rules (every node of a cluster must have the same ones):
+#
+#   printf '[[history]]\ntenant = "*"\nrooms = "chat:*"\nsize = 1000\nttl = "10m"\n' >history.toml
+#   FANOUT_EXTRA_CONFIG=history.toml deploy/cluster.sh up
+#
+# It follows the [shutdown] table, so it must start with a table header, and
+# it may not repeat a table the script writes ([auth], [redis], [shutdown]).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,6 +27,7 @@ NGINX_PORT="${FANOUT_CLUSTER_PORT:-8443}"
 NODE_PORTS="${FANOUT_NODE_PORTS:-8081 8082 8083}"
 REDIS_PORT="${FANOUT_REDIS_PORT:-6380}"
 BIN="${FANOUT_BIN:-$ROOT/target/release/fanout}"
+EXTRA_CONFIG="${FANOUT_EXTRA_CONFIG:-}"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
@@ -44,6 +54,9 @@ up() {
   need curl curl
   if [ -f "$STATE/pids" ] && [ -s "$STATE/pids" ]; then
     die "already up (deploy/cluster.sh status, or down first)"
+  fi
+  if [ -n "$EXTRA_CONFIG" ] && [ ! -r "$EXTRA_CONFIG" ]; then
+    die "FANOUT_EXTRA_CONFIG=$EXTRA_CONFIG is not a readable file"
   fi
   if [ ! -x "$BIN" ]; then
     echo "building the release binary..." >&2
@@ -95,6 +108,9 @@ grace = "8s"
 readiness_delay = "1s"
 drain_window = "3s"
 EOF
+    if [ -n "$EXTRA_CONFIG" ]; then
+      { echo; cat "$EXTRA_CONFIG"; } >>"$STATE/node-$port.toml"
+    fi
     "$BIN" --config "$STATE/node-$port.toml" >"$STATE/logs/node-$port.log" 2>&1 &
     echo "node-$port $!" >>"$STATE/pids"
     echo $! >"$STATE/node-$port.pid"
@@ -136,7 +152,7 @@ EOF
 
   trap - ERR
   local token
-  token="$("$BIN" token --config "$STATE/node-${NODE_PORTS%% *}.toml" --sub alice --tenant demo --rooms 'lobby,chat.*' 2>/dev/null)"
+  token="$("$BIN" token --config "$STATE/node-${NODE_PORTS%% *}.toml" --sub alice --tenant demo --rooms 'lobby,chat:*' 2>/dev/null)"
   cat <<EOF
 fanout cluster is up: Redis on 127.0.0.1:$REDIS_PORT, nodes on $(echo "$NODE_PORTS" | sed 's/ /, /g'),
 nginx (TLS, self-signed certificate) on https://localhost:$NGINX_PORT

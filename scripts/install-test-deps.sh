@@ -9,6 +9,8 @@ declare -A NEEDED=(
   [redis-server]=redis-server # cluster tests: a real Redis on a free loopback port
   [nginx]=nginx               # edge tests: a real nginx in front of the nodes
   [chromium]=chromium         # browser tests of clients/js: Debian's headless Chromium
+  [openssl]=openssl           # deploy/cluster.sh: the local cluster's TLS keys
+  [curl]=curl                 # deploy/cluster.sh: readiness checks
 )
 
 # clients/js tests: Node.js >= 20 with npm (the machine image ships them;

@@ -55,3 +55,31 @@ export function redisServerBinary(): string {
     'redis-server is not installed, and the cluster tests need a real Redis: run scripts/install-test-deps.sh (as root) from the repository root, or `apt-get install redis-server`',
   );
 }
+
+/** `deploy/cluster.sh`: Redis, 3 nodes and nginx (TLS), as a person runs them. */
+export const clusterScript = join(workspaceRoot, 'deploy', 'cluster.sh');
+
+/** nginx, where Debian's package puts it (as deploy/cluster.sh and the Rust edge tests find it). */
+export function nginxBinary(): string {
+  const dirs = [...(process.env['PATH'] ?? '').split(delimiter), '/usr/sbin'];
+  for (const dir of dirs) {
+    if (dir && executable(join(dir, 'nginx'))) return join(dir, 'nginx');
+  }
+  throw new Error(
+    'nginx is not installed, and the browser tests run the shipped nginx config in front of the cluster: run scripts/install-test-deps.sh (as root) from the repository root, or `apt-get install nginx`',
+  );
+}
+
+/**
+ * Debian's Chromium (`/usr/bin/chromium`, or `CHROMIUM_PATH`): the browser
+ * tests drive the system browser; nothing downloads one.
+ */
+export function chromiumBinary(): string {
+  const path = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
+  if (!executable(path)) {
+    throw new Error(
+      `Chromium is missing at ${path}, and the browser tests run a real headless Chromium: run scripts/install-test-deps.sh (as root) from the repository root, or \`apt-get install chromium\` (or set CHROMIUM_PATH)`,
+    );
+  }
+  return path;
+}
