@@ -45,16 +45,17 @@ def fmt(value, digits=1):
     return f"{value:,.{digits}f}"
 
 
-def load(path):
-    """Records by label; a label re-measured by a later `run.sh --only`
-    keeps only the records of its newest run."""
+def load(paths):
+    """Records by label, from one or more results files; a label re-measured
+    by a later `run.sh --only` keeps only the records of its newest run."""
     runs = defaultdict(list)
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                rec = json.loads(line)
-                runs[rec["label"]].append(rec)
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    rec = json.loads(line)
+                    runs[rec["label"]].append(rec)
     for label, recs in runs.items():
         newest = max(r.get("run_id", "") for r in recs)
         runs[label] = [r for r in recs if r.get("run_id", "") == newest]
@@ -412,19 +413,21 @@ def plots(runs):
 
 
 def main():
-    if len(sys.argv) != 2:
-        sys.exit("usage: report.py loadtest/results/<date>.jsonl")
-    path = Path(sys.argv[1])
-    runs = load(path)
+    if len(sys.argv) < 2:
+        sys.exit("usage: report.py loadtest/results/<date>.jsonl [more results files…]")
+    paths = [Path(a) for a in sys.argv[1:]]
+    runs = load(paths)
     if not runs:
-        sys.exit(f"{path}: no results")
+        sys.exit(f"{', '.join(map(str, paths))}: no results")
     first = next(iter(runs.values()))[0]
     commits = sorted({r["commit"] for recs in runs.values() for r in recs})
+    dates = sorted({r["date"] for recs in runs.values() for r in recs})
+    names = ", ".join(f"`{p.relative_to(ROOT) if p.is_absolute() else p}`" for p in paths)
     header = [
         BEGIN,
         "",
-        f"Generated from `{path.relative_to(ROOT) if path.is_absolute() else path}`: "
-        f"{first['date']}, commit {', '.join(commits)}, {first['machine']}, "
+        f"Generated from {names}: "
+        f"{', '.join(dates)}, commit {', '.join(commits)}, {first['machine']}, "
         f"load generator on the same machine, release builds. Command: `loadtest/run.sh`.",
         "",
     ]
