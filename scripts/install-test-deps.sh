@@ -7,6 +7,7 @@ set -euo pipefail
 # Binaries the tests start for real, and the Debian package of each.
 declare -A NEEDED=(
   [redis-server]=redis-server # cluster tests: a real Redis on a free loopback port
+  [redis-cli]=redis-tools     # Redis Cluster tests: redis-cli --cluster create
   [nginx]=nginx               # edge tests: a real nginx in front of the nodes
   [chromium]=chromium         # browser tests of clients/js: Debian's headless Chromium
   [openssl]=openssl           # deploy/cluster.sh: the local cluster's TLS keys

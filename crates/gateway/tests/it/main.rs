@@ -19,6 +19,8 @@ mod limits;
 mod nginx_support;
 mod ops;
 mod pubsub;
+mod redis_cluster;
+mod redis_cluster_support;
 mod redis_support;
 mod rolling_restart;
 mod session;
