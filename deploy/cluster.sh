@@ -169,19 +169,38 @@ nginx (TLS, self-signed certificate) on https://localhost:$NGINX_PORT
 EOF
 }
 
-down() {
-  [ -f "$STATE/pids" ] || { echo "not running"; return 0; }
-  local name pid
-  # Reverse order: nginx first, then the nodes (they drain), Redis last.
-  tac "$STATE/pids" | while read -r name pid; do
+# Whether a pid is a live process (a zombie nobody reaped yet counts as gone).
+running() {
+  [ -r "/proc/$1/stat" ] && ! sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | grep -q '^Z'
+}
+
+# Stops the "name pid" lines on stdin that this script started: SIGTERM to
+# all of them at once, then up to 10 s for each to exit, then SIGKILL.
+stop_all() {
+  local name pid started=()
+  while read -r name pid; do
     # Only a process this script started: after a reboot the pid may be reused.
-    if kill -0 "$pid" 2>/dev/null && grep -qa -e fanout -e redis -e nginx "/proc/$pid/cmdline" 2>/dev/null; then
+    if running "$pid" && grep -qa -e fanout -e redis -e nginx "/proc/$pid/cmdline" 2>/dev/null; then
       kill "$pid" 2>/dev/null || true
-      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-      echo "stopped $name ($pid)"
+      started+=("$name:$pid")
     fi
   done
+  local entry
+  for entry in ${started[@]+"${started[@]}"}; do
+    name=${entry%%:*} pid=${entry##*:}
+    for _ in $(seq 100); do running "$pid" || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    echo "stopped $name ($pid)"
+  done
+}
+
+down() {
+  [ -f "$STATE/pids" ] || { echo "not running"; return 0; }
+  # nginx first (no new traffic), then every node at once (they drain in
+  # parallel, not one after another), Redis last (they deregister through it).
+  { grep '^nginx' "$STATE/pids" || true; } | stop_all
+  { grep '^node-' "$STATE/pids" || true; } | stop_all
+  { grep -v -e '^nginx' -e '^node-' "$STATE/pids" || true; } | stop_all
   rm -f "$STATE/pids" "$STATE"/*.pid
 }
 
