@@ -37,8 +37,12 @@ impl Hub {
 
     /// Makes a pending member live: the room's stream is anchored at
     /// `epoch`/`top` if it was not yet (this member's history read says where
-    /// the stream stands), and the member gets, in order, what arrived after
-    /// `top` while it was pending.
+    /// the stream stands). The member's replay ended at `top`; the room has
+    /// delivered up to its position `last`; the member's buffer holds every
+    /// positioned message that reached this node since it joined (in
+    /// arrival order, repeats included), so it gets `top+1 ..= last` from
+    /// there, in order. If its buffer misses one of those (pub/sub lost it),
+    /// the member is closed with 4010 to recover rather than skip it.
     pub fn go_live(&self, conn: &ConnHandle, room: &Name, epoch: &Arc<str>, top: u64) -> GoLive {
         let Some(mut r) = self.room_mut(&conn.tenant, room) else {
             return GoLive::Gone;
@@ -46,12 +50,14 @@ impl Hub {
         let seq = r.stream.get_or_insert_with(Default::default);
         let Some(released) = seq.anchor(epoch, top) else {
             self.break_locked(&mut r);
+            self.note_gap(&r, conn.tenant.clone(), room.clone());
             return GoLive::Broken;
         };
-        if seq.position().is_some_and(|(e, _)| e != *epoch) {
+        let Some((_, last)) = seq.position().filter(|(e, _)| e == epoch) else {
             self.break_locked(&mut r);
+            self.note_gap(&r, conn.tenant.clone(), room.clone());
             return GoLive::Broken;
-        }
+        };
         let mut out = Delivered::default();
         for msg in &released {
             deliver_to_members(&mut r, msg, &mut out);
@@ -60,15 +66,50 @@ impl Hub {
             return GoLive::Gone;
         };
         let stream = member.stream.get_or_insert_with(Default::default);
-        let pending = stream.pending.take().unwrap_or_default();
-        stream.after = top;
-        for msg in pending {
-            if msg.position.as_ref().is_some_and(|p| p.offset > top) {
-                push_to(&member.conn, &msg, &mut out);
-            }
+        let mut pending = stream.pending.take().unwrap_or_default();
+        stream.after = top.max(last);
+        pending.retain(|m| {
+            m.position
+                .as_ref()
+                .is_some_and(|p| p.offset > top && p.offset <= last)
+        });
+        pending.sort_by_key(|m| m.position.as_ref().map_or(0, |p| p.offset));
+        pending.dedup_by_key(|m| m.position.as_ref().map_or(0, |p| p.offset));
+        let complete = pending
+            .iter()
+            .zip(top + 1..)
+            .all(|(m, want)| m.position.as_ref().is_some_and(|p| p.offset == want))
+            && pending.len() as u64 == last.saturating_sub(top);
+        if !complete {
+            m::stream_event("lost", 1);
+            member
+                .conn
+                .queue
+                .close(CloseCode::InsufficientState, BROKEN_REASON);
+            return GoLive::Broken;
+        }
+        for msg in &pending {
+            push_to(&member.conn, msg, &mut out);
         }
         self.note_gap(&r, conn.tenant.clone(), room.clone());
         GoLive::Live
+    }
+
+    /// Declares the room's stream broken only if it still stands where a
+    /// repair saw it (`epoch`, `last`) with a gap open: a repair that read
+    /// history slowly must not break a stream that has caught up since.
+    pub fn break_stream_if(&self, tenant: &Name, room: &Name, epoch: &Arc<str>, last: u64) {
+        if let Some(mut r) = self.room_mut(tenant, room) {
+            let still = r.stream.as_ref().is_some_and(|s| {
+                s.gap_since().is_some()
+                    && s.position().is_some_and(|(e, l)| e == *epoch && l == last)
+            });
+            if still {
+                m::stream_event("lost", 1);
+                self.break_locked(&mut r);
+                self.note_gap(&r, tenant.clone(), room.clone());
+            }
+        }
     }
 
     /// Delivers a positioned room message through the room's stream order.
@@ -93,7 +134,13 @@ impl Hub {
             return out;
         };
         let had_gap = seq.gap_since().is_some();
-        match seq.admit(msg, pos) {
+        let verdict = seq.admit(msg, pos);
+        // Joining members keep every arrival, whatever the room's order made
+        // of it: their own history read decides what they need (`go_live`).
+        if !matches!(verdict, Admit::Broken) {
+            buffer_for_pending(&mut r, msg);
+        }
+        match verdict {
             Admit::Deliver(list) => {
                 for b in &list {
                     deliver_to_members(&mut r, b, &mut out);
@@ -192,32 +239,44 @@ impl Hub {
     }
 }
 
-/// Hands one in-order message to a room's members: live ones get it (unless
-/// their replay already had it), pending ones buffer it.
+/// Hands one in-order message to a room's live members (unless their
+/// replay already had it); joining members buffer every arrival instead
+/// (`buffer_for_pending`).
 fn deliver_to_members(r: &mut Room, msg: &Broadcast, out: &mut Delivered) {
     let offset = msg.position.as_ref().map_or(0, |p| p.offset);
     for member in r.members.values_mut() {
         match member.stream.as_deref_mut() {
             Some(MemberStream {
-                pending: Some(buf), ..
-            }) => {
-                if member.conn.queue.is_closing() {
-                    continue;
-                }
-                if buf.len() >= MAX_HELD {
-                    // As for a full send queue: the member cannot keep up.
-                    member
-                        .conn
-                        .queue
-                        .close(CloseCode::SlowConsumer, "fell behind while subscribing");
-                    m::slow_consumer_closed();
-                    continue;
-                }
-                buf.push(msg.clone());
-            }
+                pending: Some(_), ..
+            }) => {}
             Some(MemberStream { after, .. }) if offset <= *after => {}
             _ => push_to(&member.conn, msg, out),
         }
+    }
+}
+
+/// Keeps an arriving positioned message for every joining member.
+fn buffer_for_pending(r: &mut Room, msg: &Broadcast) {
+    for member in r.members.values_mut() {
+        let Some(MemberStream {
+            pending: Some(buf), ..
+        }) = member.stream.as_deref_mut()
+        else {
+            continue;
+        };
+        if member.conn.queue.is_closing() {
+            continue;
+        }
+        if buf.len() >= MAX_HELD {
+            // As for a full send queue: the member cannot keep up.
+            member
+                .conn
+                .queue
+                .close(CloseCode::SlowConsumer, "fell behind while subscribing");
+            m::slow_consumer_closed();
+            continue;
+        }
+        buf.push(msg.clone());
     }
 }
 
@@ -330,6 +389,47 @@ mod tests {
         hub.deliver(&msg(9, "e"));
         hub.go_live(&c, &name("r"), &e, 8);
         assert_eq!(queued(&c), vec![9]);
+    }
+
+    #[test]
+    fn two_members_joining_at_once_each_get_what_followed_their_own_read() {
+        // a read 5, then 6 and 7 were published, b read 7; b goes live first.
+        for arrival in [[6, 7], [7, 6]] {
+            let hub = Hub::new();
+            let e: Arc<str> = Arc::from("e");
+            let a = conn(&hub, "a");
+            let b = conn(&hub, "b");
+            hub.join_pending(&a, &name("r"), false);
+            hub.join_pending(&b, &name("r"), false);
+            for o in arrival {
+                hub.deliver(&msg(o, "e"));
+            }
+            assert_eq!(hub.go_live(&b, &name("r"), &e, 7), GoLive::Live);
+            assert_eq!(hub.go_live(&a, &name("r"), &e, 5), GoLive::Live);
+            hub.deliver(&msg(8, "e"));
+            assert_eq!(queued(&a), vec![6, 7, 8], "arrival {arrival:?}");
+            assert_eq!(queued(&b), vec![8]);
+        }
+    }
+
+    #[test]
+    fn a_joining_member_whose_buffer_misses_an_offset_is_closed_not_skipped() {
+        let hub = Hub::new();
+        let e: Arc<str> = Arc::from("e");
+        let a = conn(&hub, "a");
+        hub.join_pending(&a, &name("r"), false);
+        hub.go_live(&a, &name("r"), &e, 3);
+        // b joins and reads 3, but 4 reached this node before b joined.
+        hub.deliver(&msg(4, "e"));
+        let b = conn(&hub, "b");
+        hub.join_pending(&b, &name("r"), false);
+        hub.deliver(&msg(5, "e"));
+        assert_eq!(hub.go_live(&b, &name("r"), &e, 3), GoLive::Broken);
+        match b.queue.pop() {
+            Next::Close(c) => assert_eq!(c.code, CloseCode::InsufficientState),
+            other => panic!("expected a close, got {other:?}"),
+        }
+        assert_eq!(queued(&a), vec![4, 5], "the live member is not affected");
     }
 
     #[test]

@@ -98,8 +98,28 @@ impl Node {
                 offset: page.top,
             });
         }
+        // One answer must fit a connection's send queue (half of it, with
+        // room for the position each frame gets): without `since` the newest
+        // messages are kept, with `since` the first ones (a client pages on).
+        let budget = self.inner.config.limits.send_queue_bytes / 2;
+        let mut messages = decode(&page);
+        let cost = |m: &(u64, StoredMessage)| {
+            serde_json::to_vec(&m.1.data).map_or(0, |d| d.len()) + m.1.event.len() + 160
+        };
+        let mut used = 0;
+        let mut keep = |m: &(u64, StoredMessage)| {
+            used += cost(m);
+            used <= budget
+        };
+        if since.is_some() {
+            let n = messages.iter().take_while(|m| keep(m)).count();
+            messages.truncate(n);
+        } else {
+            let n = messages.iter().rev().take_while(|m| keep(m)).count();
+            messages.drain(..messages.len() - n);
+        }
         Ok(History {
-            messages: decode(&page),
+            messages,
             epoch: page.epoch,
             offset: page.top,
         })
@@ -128,7 +148,9 @@ async fn repair_loop(node: Weak<NodeInner>) {
             let since = *open_since.entry(key).or_insert_with(Instant::now);
             if !node.repair(&gap).await && since.elapsed() >= GAP_GIVE_UP {
                 tracing::warn!(tenant = %gap.tenant, room = %gap.room, "room stream gap not repaired in time; members must recover");
-                node.inner.hub.break_stream(&gap.tenant, &gap.room);
+                node.inner
+                    .hub
+                    .break_stream_if(&gap.tenant, &gap.room, &gap.epoch, gap.last);
             }
         }
     }
@@ -160,13 +182,19 @@ impl Node {
         };
         // Everything after the last offset delivered must be there, up to
         // the newest (held ones included; the sequencer drops repeats).
-        if !page.covers(gap.last, &gap.epoch) || !page.complete_after(gap.last) {
+        let decoded = decode(&page);
+        if !page.covers(gap.last, &gap.epoch)
+            || !page.complete_after(gap.last)
+            || decoded.len() != page.messages.len()
+        {
             tracing::warn!(tenant = %gap.tenant, room = %gap.room, last = gap.last, "messages missing on this node are no longer in history; members must recover");
-            self.inner.hub.break_stream(&gap.tenant, &gap.room);
+            self.inner
+                .hub
+                .break_stream_if(&gap.tenant, &gap.room, &gap.epoch, gap.last);
             return true;
         }
         let mut filled = 0;
-        for (offset, stored) in decode(&page) {
+        for (offset, stored) in decoded {
             let frame = stored.frame(offset, &page.epoch);
             let Ok(encoded) = EncodedFrame::encode(&ServerFrame::Message(frame)) else {
                 continue;

@@ -174,24 +174,38 @@ impl Node {
                 return Err(NodeError::Unavailable(e));
             }
         };
-        let recovered = match &since {
+        let mut recovered = match &since {
             Some(s) => Some(page.covers(s.offset, &s.epoch) && page.complete_after(s.offset)),
             // A repeat subscribe is live already; it is not replayed to.
             None => options.since.as_ref().map(|_| false),
         };
-        if let Some(r) = recovered {
-            m::recovery(r);
-        }
-        let replay = match recovered {
-            Some(true) => super::history::decode(&page)
+        let mut replay = Vec::new();
+        if recovered == Some(true) {
+            let decoded = super::history::decode(&page);
+            replay = decoded
                 .iter()
                 .filter_map(|(offset, stored)| {
                     let frame = ServerFrame::Message(stored.frame(*offset, &page.epoch));
                     conn.codec.encode(&frame).ok().map(to_message)
                 })
-                .collect(),
-            _ => Vec::new(),
-        };
+                .collect();
+            // The replay goes into the connection's queue at once, behind the
+            // ack: one that would not fit (half the queue, by frames or
+            // bytes) would close the client with 4009 on every retry. It is
+            // told `recovered:false` instead, and reloads its state.
+            let limits = &self.inner.config.limits;
+            let bytes: usize = replay.iter().map(Message::len).sum();
+            if replay.len() != page.messages.len()
+                || replay.len() > limits.send_queue_messages / 2
+                || bytes > limits.send_queue_bytes / 2
+            {
+                recovered = Some(false);
+                replay.clear();
+            }
+        }
+        if let Some(r) = recovered {
+            m::recovery(r);
+        }
         let stream = Some((page.epoch.clone(), page.top));
         if !joined.new_member {
             return Ok(Subscription {

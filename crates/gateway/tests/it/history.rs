@@ -768,3 +768,71 @@ async fn the_size_limit_counts_the_position_a_room_with_history_adds() {
         "{reply}"
     );
 }
+
+/// A replay that would not fit the connection's send queue is not sent (it
+/// would close the client with 4009 on every retry): the client is told
+/// `recovered:false`. A `history` answer is cut to fit, newest kept.
+#[tokio::test]
+async fn a_replay_or_history_too_big_for_the_queue_is_not_sent_whole() {
+    let node = TestServer::spawn_with(|c| {
+        with_history(100)(c);
+        c.limits.send_queue_bytes = 64 * 1024;
+    })
+    .await;
+    let mut c = node.connect(&any_room("u", "acme")).await;
+    let e = epoch(&subscribe(&mut c, "chat:big", None).await);
+    drop(c);
+    let data = "x".repeat(2000);
+    for _ in 0..40 {
+        let (status, reply) = node
+            .publish(json!({"tenant":"acme","room":"chat:big","event":"n","data":data}))
+            .await;
+        assert_eq!(status, 202, "{reply}");
+    }
+    // 40 × ~2 KB = 80 KB to replay: over half of the 64 KiB queue.
+    let mut c = node.connect(&any_room("u", "acme")).await;
+    let ack = subscribe(&mut c, "chat:big", Some((0, &e))).await;
+    assert_eq!(ack["recovered"], false, "{ack}");
+    c.expect_silence(Duration::from_millis(200)).await;
+    let h = c
+        .request(json!({"type":"history","room":"chat:big"}), 3)
+        .await;
+    assert_eq!(h["type"], "history", "answered, not closed: {h}");
+    let offsets: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(offset)
+        .collect();
+    assert!(!offsets.is_empty() && offsets.len() < 40, "{offsets:?}");
+    assert_eq!(*offsets.last().unwrap(), 40, "the newest are kept");
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1));
+}
+
+/// A `since` far ahead of any stream (or at the very end of u64) is an
+/// ordinary "not recovered" / 409, not a Redis error.
+#[tokio::test]
+async fn cluster_a_huge_since_is_not_recovered_rather_than_an_error() {
+    let redis = RedisServer::start().await;
+    let nodes = cluster(&redis, 1).await;
+    let node = &nodes[0];
+    let mut c = node.connect(&any_room("u", "acme")).await;
+    let e = epoch(&subscribe(&mut c, "chat:far", None).await);
+    publish_seq(node, "chat:far", 1).await;
+    for far in [100_000_000_000_000u64, u64::MAX] {
+        let mut c = node.connect(&any_room("u", "acme")).await;
+        let ack = subscribe(&mut c, "chat:far", Some((far, &e))).await;
+        assert_eq!(
+            (ack["type"].as_str(), ack["recovered"].as_bool()),
+            (Some("ack"), Some(false)),
+            "{ack}"
+        );
+        let h = c
+            .request(
+                json!({"type":"history","room":"chat:far","since":{"offset":far,"epoch":e}}),
+                4,
+            )
+            .await;
+        assert_eq!(h["code"], 409, "{h}");
+    }
+}

@@ -289,7 +289,11 @@ local after, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local entries = {}
 if limit > 0 then
   if after > 0 then
-    entries = redis.call('XRANGE', KEYS[1], '(' .. after .. '-0', '+', 'COUNT', limit)
+    -- ARGV[3] as sent, not `after`: Lua prints a number from 1e14 up in
+    -- exponent form, which is no stream id. Nothing follows the top.
+    if after < top then
+      entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[3] .. '-0', '+', 'COUNT', limit)
+    end
   elseif after == 0 then
     entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', limit)
   else
