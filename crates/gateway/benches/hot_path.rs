@@ -17,7 +17,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use fanout_gateway::cluster::redis::envelope::{Envelope, Kind, VERSION};
 use fanout_gateway::hub::queue::{Next, SendQueue};
 use fanout_gateway::hub::{ConnHandle, ConnLimits, Hub};
-use fanout_gateway::message::{Audience, Broadcast, EncodedFrame, Recipients};
+use fanout_gateway::message::{Audience, Broadcast, EncodedFrame, Position, Recipients};
 use fanout_protocol::{Codec, MessageFrame, Name, Scope, ServerFrame};
 use serde_json::json;
 
@@ -70,9 +70,21 @@ fn name(s: &str) -> Name {
 
 /// Delivery into a room of `members` local connections; only `deliver` is timed.
 fn hub_deliver(c: &mut Criterion) {
+    deliver_group(c, "hub_deliver_room", false);
+}
+
+/// The same into a room with history: every message carries the next offset
+/// and passes the room's sequencer (members joined and went live as a
+/// subscribe does), the ordered path of docs/architecture.md.
+fn hub_deliver_in_order(c: &mut Criterion) {
+    deliver_group(c, "hub_deliver_room_in_order", true);
+}
+
+fn deliver_group(c: &mut Criterion, group: &str, in_order: bool) {
     let data = payload();
     let frame = Arc::new(EncodedFrame::encode(&message(&data)).unwrap());
-    let mut g = c.benchmark_group("hub_deliver_room");
+    let epoch: Arc<str> = Arc::from("bench");
+    let mut g = c.benchmark_group(group);
     for members in [10usize, 100, 1_000, 10_000] {
         let hub = Hub::new();
         let mut conns = Vec::with_capacity(members);
@@ -92,10 +104,15 @@ fn hub_deliver(c: &mut Criterion) {
                 SendQueue::new(1 << 20, 1 << 30),
             ));
             hub.try_insert(conn.clone(), ConnLimits::default()).unwrap();
-            hub.join(&conn, &name("lobby"), false);
+            if in_order {
+                hub.join_pending(&conn, &name("lobby"), false);
+                hub.go_live(&conn, &name("lobby"), &epoch, 0);
+            } else {
+                hub.join(&conn, &name("lobby"), false);
+            }
             conns.push(conn);
         }
-        let msg = Broadcast {
+        let msg = |offset: u64| Broadcast {
             tenant: name("acme"),
             audience: Audience::Room(name("lobby")),
             recipients: Recipients::Everyone,
@@ -104,15 +121,21 @@ fn hub_deliver(c: &mut Criterion) {
             accepted_at: Instant::now(),
             ts: 0,
             id: Arc::from("m"),
-            position: None,
+            position: in_order.then(|| Position {
+                offset,
+                epoch: epoch.clone(),
+            }),
         };
+        let mut offset = 0;
         g.throughput(Throughput::Elements(members as u64));
         g.bench_with_input(BenchmarkId::from_parameter(members), &members, |b, _| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
+                    offset += 1;
+                    let m = msg(offset);
                     let start = Instant::now();
-                    hub.deliver(&msg);
+                    hub.deliver(&m);
                     total += start.elapsed();
                     for c in &conns {
                         while let Next::Frame(_) = c.queue.pop() {}
@@ -156,5 +179,12 @@ fn envelope(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encode, decode, hub_deliver, envelope);
+criterion_group!(
+    benches,
+    encode,
+    decode,
+    hub_deliver,
+    hub_deliver_in_order,
+    envelope
+);
 criterion_main!(benches);
