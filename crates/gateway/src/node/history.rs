@@ -101,23 +101,22 @@ impl Node {
         // One answer must fit a connection's send queue (half of it, with
         // room for the position each frame gets): without `since` the newest
         // messages are kept, with `since` the first ones (a client pages on).
+        // Measured on the stored JSON, before anything is decoded.
         let budget = self.inner.config.limits.send_queue_bytes / 2;
-        let mut messages = decode(&page);
-        let cost = |m: &(u64, StoredMessage)| {
-            serde_json::to_vec(&m.1.data).map_or(0, |d| d.len()) + m.1.event.len() + 160
-        };
+        let mut page = page;
         let mut used = 0;
-        let mut keep = |m: &(u64, StoredMessage)| {
-            used += cost(m);
+        let mut fits = |m: &(u64, bytes::Bytes)| {
+            used += m.1.len() + 64;
             used <= budget
         };
         if since.is_some() {
-            let n = messages.iter().take_while(|m| keep(m)).count();
-            messages.truncate(n);
+            let n = page.messages.iter().take_while(|m| fits(m)).count();
+            page.messages.truncate(n);
         } else {
-            let n = messages.iter().rev().take_while(|m| keep(m)).count();
-            messages.drain(..messages.len() - n);
+            let n = page.messages.iter().rev().take_while(|m| fits(m)).count();
+            page.messages.drain(..page.messages.len() - n);
         }
+        let messages = decode(&page);
         Ok(History {
             messages,
             epoch: page.epoch,

@@ -365,20 +365,22 @@ async fn idempotent(publish_to: &[&impl ClusterNode], member_on: &impl ClusterNo
 
 // ---- embedded bus ----
 
+/// The rules of these tests: `chat:short` keeps 5 messages, other `chat:*` rooms 100.
+fn scenario_rules(c: &mut Config) {
+    with_history(100)(c);
+    c.history.insert(
+        0,
+        HistoryRule {
+            tenant: "*".into(),
+            rooms: "chat:short".into(),
+            size: 5,
+            ttl: Duration::from_secs(300),
+        },
+    );
+}
+
 async fn embedded() -> TestServer {
-    TestServer::spawn_with(|c| {
-        with_history(100)(c);
-        c.history.insert(
-            0,
-            HistoryRule {
-                tenant: "*".into(),
-                rooms: "chat:short".into(),
-                size: 5,
-                ttl: Duration::from_secs(300),
-            },
-        );
-    })
-    .await
+    TestServer::spawn_with(scenario_rules).await
 }
 
 #[tokio::test]
@@ -417,19 +419,7 @@ async fn embedded_idempotent_publish() {
 // ---- a cluster over a real Redis ----
 
 async fn cluster(redis: &RedisServer, n: usize) -> Vec<TestServer> {
-    spawn_cluster(redis, n, |c| {
-        with_history(100)(c);
-        c.history.insert(
-            0,
-            HistoryRule {
-                tenant: "*".into(),
-                rooms: "chat:short".into(),
-                size: 5,
-                ttl: Duration::from_secs(300),
-            },
-        );
-    })
-    .await
+    spawn_cluster(redis, n, scenario_rules).await
 }
 
 #[tokio::test]

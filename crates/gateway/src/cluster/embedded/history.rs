@@ -109,33 +109,28 @@ impl Streams {
         json: Bytes,
     ) -> Position {
         let now = Instant::now();
-        let mut inner = self.lock();
-        let inner = &mut *inner;
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         inner.forget_stale(now);
         let key = (tenant.clone(), room.clone());
+        inner.open(&key, spec, now);
         inner.seq += 1;
         let age_key = (now, inner.seq);
-        let stream = match inner.streams.entry(key.clone()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                inner.bytes += STREAM_OVERHEAD;
-                e.insert(Stream {
-                    epoch: new_epoch(),
-                    top: 0,
-                    entries: VecDeque::new(),
-                    bytes: 0,
-                    touched: now,
-                    age_key,
-                    spec,
-                })
-            }
+        let Inner {
+            streams,
+            by_age,
+            bytes,
+            ..
+        } = inner;
+        let Some(stream) = streams.get_mut(&key) else {
+            unreachable!("Inner::open inserted it")
         };
-        inner.bytes -= stream.expire(now);
-        inner.by_age.remove(&stream.age_key);
+        *bytes -= stream.expire(now);
+        by_age.remove(&stream.age_key);
+        by_age.insert(age_key, key.clone());
         stream.touched = now;
         stream.age_key = age_key;
         stream.spec = spec;
-        inner.by_age.insert(age_key, key.clone());
         stream.top += 1;
         let offset = stream.top;
         let size = json.len() + ENTRY_OVERHEAD;
@@ -146,11 +141,11 @@ impl Streams {
             .entries
             .push_back((offset, Bytes::copy_from_slice(&json)));
         stream.bytes += size;
-        inner.bytes += size;
+        *bytes += size;
         while stream.entries.len() > spec.size {
             if let Some((_, old)) = stream.entries.pop_front() {
                 stream.bytes -= old.len() + ENTRY_OVERHEAD;
-                inner.bytes -= old.len() + ENTRY_OVERHEAD;
+                *bytes -= old.len() + ENTRY_OVERHEAD;
             }
         }
         let position = Position {
@@ -171,32 +166,15 @@ impl Streams {
         query: HistoryQuery,
     ) -> HistoryPage {
         let now = Instant::now();
-        let mut inner = self.lock();
-        let inner = &mut *inner;
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         inner.forget_stale(now);
         let key = (tenant.clone(), room.clone());
-        if !inner.streams.contains_key(&key) {
-            inner.bytes += STREAM_OVERHEAD;
-            inner.seq += 1;
-            let age_key = (now, inner.seq);
-            inner.by_age.insert(age_key, key.clone());
-            inner.streams.insert(
-                key.clone(),
-                Stream {
-                    epoch: new_epoch(),
-                    top: 0,
-                    entries: VecDeque::new(),
-                    bytes: 0,
-                    touched: now,
-                    age_key,
-                    spec,
-                },
-            );
-        }
+        inner.open(&key, spec, now);
         let Some(stream) = inner.streams.get_mut(&key) else {
-            unreachable!("inserted above")
+            unreachable!("Inner::open inserted it")
         };
-        inner.bytes -= stream.expire(now);
+        let expired = stream.expire(now);
         let messages: Vec<(u64, Bytes)> = match query.after {
             Some(after) => stream
                 .entries
@@ -216,6 +194,7 @@ impl Streams {
             oldest: stream.oldest(),
             messages,
         };
+        inner.bytes -= expired;
         inner.evict_over(self.budget, &key);
         m::history_bytes(inner.bytes);
         page
@@ -229,6 +208,30 @@ impl Streams {
 }
 
 impl Inner {
+    /// Makes sure the room has a stream: a new one gets a fresh epoch,
+    /// offset 0, and is counted (its bookkeeping) against the budget.
+    fn open(&mut self, key: &(Name, Name), spec: StreamSpec, now: Instant) {
+        if self.streams.contains_key(key) {
+            return;
+        }
+        self.seq += 1;
+        let age_key = (now, self.seq);
+        self.bytes += STREAM_OVERHEAD;
+        self.by_age.insert(age_key, key.clone());
+        self.streams.insert(
+            key.clone(),
+            Stream {
+                epoch: new_epoch(),
+                top: 0,
+                entries: VecDeque::new(),
+                bytes: 0,
+                touched: now,
+                age_key,
+                spec,
+            },
+        );
+    }
+
     /// Forgets streams quiet for longer than their meta TTL (epoch and
     /// counter included), oldest first; stops at the first one still young.
     fn forget_stale(&mut self, now: Instant) {
