@@ -62,32 +62,20 @@ def load(paths):
     return runs
 
 
+def paired(runs, a, b, pick):
+    """(pick(b), pick(a)) for every repeat that measured both labels."""
+    by_rep_a = {r["repeat"]: r for r in runs.get(a, [])}
+    return [(pick(r), pick(by_rep_a[r["repeat"]])) for r in runs.get(b, []) if r["repeat"] in by_rep_a]
+
+
 def per_repeat(runs, a, b, pick):
     """pick(b) / pick(a) for every repeat that measured both labels."""
-    by_rep_a = {r["repeat"]: r for r in runs.get(a, [])}
-    out = []
-    for r in runs.get(b, []):
-        other = by_rep_a.get(r["repeat"])
-        if other is None:
-            continue
-        num, den = pick(r), pick(other)
-        if num and den:
-            out.append(num / den)
-    return out
+    return [num / den for num, den in paired(runs, a, b, pick) if num and den]
 
 
 def per_repeat_diff(runs, a, b, pick):
     """pick(b) - pick(a) for every repeat that measured both labels."""
-    by_rep_a = {r["repeat"]: r for r in runs.get(a, [])}
-    out = []
-    for r in runs.get(b, []):
-        other = by_rep_a.get(r["repeat"])
-        if other is None:
-            continue
-        x, y = pick(r), pick(other)
-        if x is not None and y is not None:
-            out.append(x - y)
-    return out
+    return [x - y for x, y in paired(runs, a, b, pick) if x is not None and y is not None]
 
 
 def best_step(result):

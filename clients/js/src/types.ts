@@ -6,7 +6,7 @@
  */
 
 import type { FanoutError } from './errors.js';
-import type { PresenceMember, StreamPosition } from './frames.js';
+import type { MessageFrame, PresenceMember, StreamPosition } from './frames.js';
 
 /** The server's `welcome`: who this connection is. */
 export interface Welcome {
@@ -19,21 +19,12 @@ export interface Welcome {
   readonly pingInterval: number;
 }
 
-/** A delivered message. */
-export interface RoomMessage {
-  /** `room` for room messages; `user` and `tenant` messages go to the client's `message` event. */
-  readonly scope: 'room' | 'user' | 'tenant';
-  readonly room?: string;
-  readonly event: string;
-  readonly data: unknown;
-  /** Message id (UUIDv7), as the publish API returned it. */
-  readonly id: string;
-  /** Milliseconds since the epoch at acceptance. */
-  readonly ts: number;
-  /** Position in the room's stream, in rooms with history. */
-  readonly offset?: number;
-  readonly epoch?: string;
-}
+/**
+ * A delivered message: the `message` frame without its `type`. `user` and
+ * `tenant` messages go to the client's `message` event, room messages to
+ * their subscription's.
+ */
+export type RoomMessage = Omit<MessageFrame, 'type'>;
 
 /** Per-call options of requests. */
 export interface RequestCallOptions {
