@@ -52,6 +52,11 @@ pub const PUBSUB_DROPPED: &str = "fanout_pubsub_dropped_total";
 pub const RESUBSCRIBES: &str = "fanout_resubscribes_total";
 /// Subscriber probes that did not come back.
 pub const PROBE_FAILURES: &str = "fanout_probe_failures_total";
+/// Redis Cluster: resubscribes and re-registrations of one shard's slots
+/// (the shard reconnected, was promoted, took slots over, or lost a probe).
+pub const SHARD_RESYNCS: &str = "fanout_redis_shard_resyncs_total";
+/// Redis Cluster: failed reads of the slot map.
+pub const TOPOLOGY_REFRESH_FAILURES: &str = "fanout_redis_topology_refresh_failures_total";
 /// Live nodes in the cluster as this node sees them.
 pub const CLUSTER_NODES: &str = "fanout_cluster_nodes";
 /// Failed accepts, by kind (`fd_exhausted`, `other`); each is followed by a backoff.
@@ -193,6 +198,14 @@ pub(crate) fn resubscribed() {
 
 pub(crate) fn probe_failed() {
     counter!(PROBE_FAILURES).increment(1);
+}
+
+pub(crate) fn shard_resynced() {
+    counter!(SHARD_RESYNCS).increment(1);
+}
+
+pub(crate) fn redis_topology_refresh_failed() {
+    counter!(TOPOLOGY_REFRESH_FAILURES).increment(1);
 }
 
 pub(crate) fn cluster_nodes(n: usize) {

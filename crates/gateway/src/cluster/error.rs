@@ -28,6 +28,26 @@ pub enum NotReady {
     /// Heartbeats fail (the cause), so other nodes will soon take this one for dead.
     #[error("redis heartbeat failing: {0}")]
     HeartbeatFailing(String),
+    /// Redis Cluster: the primary owning the slot is unreachable (a failover
+    /// is likely under way); other slots are served.
+    #[error("redis shard {shard} owning this slot is unreachable")]
+    ShardUnreachable {
+        /// `host:port` of the primary.
+        shard: String,
+    },
+    /// Redis Cluster: the shard owning the slot came back or took the slot
+    /// over; the node is rewriting its subscriptions and entries there.
+    #[error("re-registering on redis shard {shard}")]
+    ShardResyncing {
+        /// `host:port` of the primary.
+        shard: String,
+    },
+    /// Redis Cluster: no primary is known for the slot.
+    #[error("no redis primary owns slot {slot}")]
+    NoPrimary {
+        /// The hash slot.
+        slot: u16,
+    },
 }
 
 /// The bus could not serve a request; callers answer "unavailable" (503).

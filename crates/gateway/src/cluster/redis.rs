@@ -17,15 +17,15 @@
 //!   node's entries in Redis.
 //! - `route`: the route and history scripts' calls and replies.
 //! - `receiver`: pub/sub → bounded queue → hub; the subscriber probe.
-//! - `connect`: the two fred clients; why two.
-//! - `keys`, `scripts`, `envelope`: key names, Lua scripts, the wire format
-//!   between nodes.
+//! - `shards`: the connections by shard (one Redis, or one per Redis
+//!   Cluster primary), the slot map, and command routing by slot.
+//! - `keys`, `slots`, `scripts`, `envelope`: key names and their layouts,
+//!   hash slots, Lua scripts, the wire format between nodes.
 //! - `health`: readiness and node liveness, shared by all of the above.
 //!
 //! See `docs/architecture.md` for the keyspace and the routing rule.
 
 mod bus;
-mod connect;
 pub mod envelope;
 mod health;
 mod keys;
@@ -33,7 +33,9 @@ mod receiver;
 mod registry;
 mod route;
 mod scripts;
+mod shards;
+mod slots;
 mod supervisor;
 
 pub use self::bus::RedisBus;
-pub use self::connect::StartError;
+pub use self::shards::StartError;

@@ -317,7 +317,9 @@ impl Default for ShutdownConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]` (one Redis), or
+    /// `redis-cluster://[user:password@]host:port[?node=host:port&node=…]`
+    /// (a Redis Cluster, named by one or more seed nodes).
     pub url: String,
     /// Prefix of every key and channel, so that several clusters can share one Redis.
     pub prefix: String,
@@ -337,6 +339,11 @@ pub struct RedisConfig {
     /// subscriber connection that silently stopped delivering.
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// Redis Cluster: how often the slot map is re-read (also at once after
+    /// a redirection or a reconnect). A migrated slot's channels are
+    /// resubscribed on the new owner within about this long.
+    #[serde(with = "humantime_serde")]
+    pub cluster_refresh: Duration,
     /// Capacity of the pub/sub receive buffer (messages) between the Redis
     /// client and the node's dispatcher; overflow is counted and logged.
     pub pubsub_buffer: usize,
@@ -352,6 +359,7 @@ impl Default for RedisConfig {
             channel_linger: Duration::from_secs(5),
             command_timeout: Duration::from_secs(2),
             probe_interval: Duration::from_secs(5),
+            cluster_refresh: Duration::from_secs(1),
             pubsub_buffer: 65_536,
         }
     }

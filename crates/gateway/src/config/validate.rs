@@ -217,8 +217,19 @@ fn check_key(field: &'static str, key: &KeyConfig, must_be_set: bool) -> Result<
 }
 
 fn validate_redis(r: &RedisConfig) -> Result<(), ConfigError> {
-    if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
-        return Err(invalid("redis.url", "must be a redis:// or rediss:// URL"));
+    if r.url.starts_with("rediss://") || r.url.starts_with("rediss-cluster://") {
+        // fred, built without a TLS feature, would only log a warning and
+        // connect in plain text.
+        return Err(invalid(
+            "redis.url",
+            "TLS to Redis (rediss://) is not built in; reach Redis over a private network or a TLS tunnel and use redis:// or redis-cluster://",
+        ));
+    }
+    if !(r.url.starts_with("redis://") || r.url.starts_with("redis-cluster://")) {
+        return Err(invalid(
+            "redis.url",
+            "must be a redis://host:port URL (one Redis) or redis-cluster://host:port[?node=host:port&node=…] (a Redis Cluster, by one or more seed nodes)",
+        ));
     }
     if r.prefix.is_empty() || !r.prefix.bytes().all(fanout_protocol::names::is_name_byte) {
         return Err(invalid(
@@ -230,6 +241,7 @@ fn validate_redis(r: &RedisConfig) -> Result<(), ConfigError> {
         ("redis.heartbeat", r.heartbeat),
         ("redis.command_timeout", r.command_timeout),
         ("redis.probe_interval", r.probe_interval),
+        ("redis.cluster_refresh", r.cluster_refresh),
         ("redis.channel_linger", r.channel_linger),
     ] {
         if d.is_zero() {

@@ -12,20 +12,17 @@ use std::time::Instant;
 use async_trait::async_trait;
 use fanout_protocol::api::{ClusterStats, Counts};
 use fanout_protocol::{Name, PresenceMember};
-use fred::clients::Client;
-use fred::interfaces::{
-    ClientLike, EventInterface, HashesInterface, KeysInterface, SortedSetsInterface,
-};
+use fred::interfaces::{EventInterface, HashesInterface, KeysInterface, SortedSetsInterface};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::connect::{self, Clients, StartError};
 use super::envelope::{Envelope, Kind, VERSION};
 use super::health::{Health, NodeLiveness};
 use super::keys::Keyspace;
 use super::receiver::{self, Probes};
 use super::registry::{self, Actor, Registry};
 use super::route::{self, Route};
+use super::shards::{self, Redis, StartError};
 use super::supervisor::supervise;
 use crate::clock::now_millis;
 use crate::cluster::{
@@ -43,8 +40,8 @@ pub struct RedisBus {
     keys: Keyspace,
     /// `[redis]` as configured.
     config: RedisConfig,
-    /// The command connection; publishes and queries run on it directly.
-    publisher: Client,
+    /// The connections, by shard; publishes and queries run on them directly.
+    redis: Redis,
     /// Handle to the registry actor, the one writer of this node's entries.
     registry: Registry,
     /// Readiness, shared with the supervisor, the actor and the prober.
@@ -73,19 +70,34 @@ impl RedisBus {
         addr: std::net::SocketAddr,
         hub: Hub,
     ) -> Result<Self, StartError> {
-        let Clients {
-            publisher,
-            subscriber,
-        } = connect::connect(config)?;
-        let keys = Keyspace::new(&config.prefix, node_id);
+        let stop = CancellationToken::new();
+        // Every shard's subscriber feeds the one bounded queue; each reader
+        // forwards its shard's messages in the order the shard sent them.
+        let (queue_tx, queue_rx) = mpsc::channel(config.pubsub_buffer);
+        let reader_stop = stop.clone();
+        let redis = Redis::connect(
+            config,
+            Box::new(move |shard| {
+                let stop = reader_stop.child_token();
+                let shard_stop = shard.stop.clone();
+                tokio::spawn(receiver::read(
+                    shard.subscriber.message_rx(),
+                    queue_tx.clone(),
+                    stop.clone(),
+                ));
+                tokio::spawn(async move {
+                    shard_stop.cancelled().await;
+                    stop.cancel();
+                });
+            }),
+        )?;
+        let keys = Keyspace::new(&config.prefix, node_id, shards::layout_of(&config.url));
         let health = Arc::new(Health::new(config.entry_ttl()));
         let liveness = Arc::new(NodeLiveness::default());
-        let stop = CancellationToken::new();
         let registry = registry::spawn(Actor {
             keys: keys.clone(),
             config: config.clone(),
-            publisher: publisher.clone(),
-            subscriber: subscriber.clone(),
+            redis: redis.clone(),
             health: health.clone(),
             liveness: liveness.clone(),
             channels: Default::default(),
@@ -94,13 +106,7 @@ impl RedisBus {
             addr: addr.to_string(),
         });
 
-        let (queue_tx, queue_rx) = mpsc::channel(config.pubsub_buffer);
         let probes = Arc::new(Probes::default());
-        tokio::spawn(receiver::read(
-            subscriber.message_rx(),
-            queue_tx,
-            stop.clone(),
-        ));
         tokio::spawn(receiver::dispatch(
             node_id.to_owned(),
             hub,
@@ -109,10 +115,8 @@ impl RedisBus {
         ));
         tokio::spawn(
             receiver::Prober {
-                node: node_id.to_owned(),
-                inbox: keys.inbox(node_id),
-                publisher: publisher.clone(),
-                subscriber: subscriber.clone(),
+                keys: keys.clone(),
+                redis: redis.clone(),
                 health: health.clone(),
                 probes,
                 interval: config.probe_interval,
@@ -120,16 +124,16 @@ impl RedisBus {
             .run(stop.clone()),
         );
         tokio::spawn(supervise(
-            publisher.clone(),
-            subscriber,
+            redis.clone(),
             registry.clone(),
             health.clone(),
+            config.cluster_refresh,
             stop.clone(),
         ));
         Ok(Self {
             keys,
             config: config.clone(),
-            publisher,
+            redis,
             registry,
             health,
             liveness,
@@ -139,6 +143,12 @@ impl RedisBus {
 
     fn check_ready(&self) -> Result<(), BusError> {
         Ok(self.health.check()?)
+    }
+
+    /// Ready, and (Redis Cluster) the shard owning `key` serves.
+    fn check_ready_for(&self, key: &str) -> Result<(), BusError> {
+        self.health.check()?;
+        Ok(self.redis.check_key(key)?)
     }
 
     fn envelope(
@@ -179,7 +189,7 @@ impl RedisBus {
     fn route<'a>(&'a self, msg: Option<&'a Broadcast>, opts: PublishOptions<'a>) -> Route<'a> {
         Route {
             keys: &self.keys,
-            publisher: &self.publisher,
+            redis: &self.redis,
             direct_max_nodes: self.config.direct_max_nodes,
             id: msg.map_or("", |b| &b.id),
             json: msg.map(|b| b.frame.json_bytes()).unwrap_or_default(),
@@ -239,7 +249,10 @@ impl Bus for RedisBus {
         msg: &Broadcast,
         opts: PublishOptions<'_>,
     ) -> Result<Published, BusError> {
-        self.check_ready()?;
+        self.check_ready_for(&match &msg.audience {
+            Audience::Room(room) => self.keys.room_hosts(&msg.tenant, room),
+            Audience::User(_) | Audience::Tenant => self.keys.tenant_conns(&msg.tenant),
+        })?;
         let started = Instant::now();
         let payload = self.envelope(Kind::Deliver, Some(msg), &msg.tenant, None)?;
         let route = self.route(Some(msg), opts);
@@ -263,22 +276,21 @@ impl Bus for RedisBus {
         spec: StreamSpec,
         query: HistoryQuery,
     ) -> Result<HistoryPage, BusError> {
-        self.check_ready()?;
-        route::read_history(&self.publisher, &self.keys, tenant, room, spec, query).await
+        self.check_ready_for(&self.keys.room_hosts(tenant, room))?;
+        route::read_history(&self.redis, &self.keys, tenant, room, spec, query).await
     }
 
     async fn presence(&self, tenant: &Name, room: &Name) -> Result<Vec<PresenceMember>, BusError> {
-        self.check_ready()?;
+        let hosts_key = self.keys.room_hosts(tenant, room);
+        self.check_ready_for(&hosts_key)?;
         let now = now_millis();
-        let pipe = self.publisher.pipeline();
+        let shard = self
+            .redis
+            .shard_of_key(&hosts_key)
+            .ok_or(BusError::NoReply { op: "presence" })?;
+        let pipe = shard.publisher.pipeline();
         let _: Result<(), _> = pipe
-            .zrangebyscore(
-                self.keys.room_hosts(tenant, room),
-                now as f64,
-                "+inf",
-                false,
-                None,
-            )
+            .zrangebyscore(&hosts_key, now as f64, "+inf", false, None)
             .await;
         let _: Result<(), _> = pipe.hgetall(self.keys.room_members(tenant, room)).await;
         let (hosts, fields): (Vec<String>, BTreeMap<String, i64>) = pipe
@@ -301,7 +313,7 @@ impl Bus for RedisBus {
     }
 
     async fn disconnect_user(&self, tenant: &Name, user: &Name) -> Result<(), BusError> {
-        self.check_ready()?;
+        self.check_ready_for(&self.keys.tenant_conns(tenant))?;
         let payload = self.envelope(Kind::Disconnect, None, tenant, Some(user))?;
         self.route(None, PublishOptions::default())
             .user(tenant, user, payload, self.liveness.dead())
@@ -312,34 +324,49 @@ impl Bus for RedisBus {
     async fn cluster_stats(&self) -> Result<ClusterStats, BusError> {
         self.check_ready()?;
         let redis = |e| BusError::redis("cluster_stats", e);
+        let nodes = self.keys.nodes();
         let live: Vec<String> = self
+            .redis
+            .shard_of_key(&nodes)
+            .ok_or(BusError::NoReply {
+                op: "cluster_stats",
+            })?
             .publisher
-            .zrangebyscore(self.keys.nodes(), now_millis() as f64, "+inf", false, None)
+            .zrangebyscore(&nodes, now_millis() as f64, "+inf", false, None)
             .await
             .map_err(redis)?;
-        let infos: Vec<Option<String>> = if live.is_empty() {
-            Vec::new()
-        } else {
-            self.publisher
-                .mget(
-                    live.iter()
-                        .map(|n| self.keys.node_info(n))
-                        .collect::<Vec<_>>(),
-                )
-                .await
-                .map_err(redis)?
-        };
-        let connections = infos
-            .iter()
-            .flatten()
-            .filter_map(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-            .filter_map(|v| v["connections"].as_u64())
-            .sum();
-        let rooms: u64 = self
-            .publisher
-            .zcount(self.keys.rooms(), now_millis() as f64, f64::INFINITY)
-            .await
-            .map_err(redis)?;
+        // One GET per node and one ZCOUNT per room index key, each on its
+        // shard (an MGET would span slots on a Redis Cluster).
+        let mut pipe = self.redis.pipe();
+        for node in &live {
+            let key = self.keys.node_info(node);
+            if let Some(p) = pipe.at(&key) {
+                let _: Result<(), _> = p.get(&key).await;
+            }
+        }
+        let now = now_millis() as f64;
+        for bucket in self.keys.all_rooms() {
+            if let Some(p) = pipe.at(&bucket) {
+                let _: Result<(), _> = p.zcount(&bucket, now, f64::INFINITY).await;
+            }
+        }
+        let mut results = pipe.all().await.into_iter();
+        let mut connections = 0;
+        for _ in &live {
+            let info: Option<String> = match results.next() {
+                Some(Ok(v)) => v.convert().ok(),
+                Some(Err(e)) => return Err(redis(e)),
+                None => None,
+            };
+            connections += info
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .and_then(|v| v["connections"].as_u64())
+                .unwrap_or(0);
+        }
+        let mut rooms = 0;
+        for r in results {
+            rooms += r.map_err(redis)?.as_u64().unwrap_or(0);
+        }
         Ok(ClusterStats {
             nodes: live.len() as u64,
             counts: Counts { connections, rooms },
@@ -352,6 +379,6 @@ impl Bus for RedisBus {
         // (re-registers) the node while it deregisters.
         self.stop.cancel();
         self.registry.deregister().await;
-        let _ = self.publisher.quit().await;
+        self.redis.quit().await;
     }
 }

@@ -5,22 +5,118 @@
 //! tenant and user keys the tag `{t}`, so that a Redis Cluster keeps what
 //! one script touches in one slot. `/` and `|` cannot appear in names, which
 //! makes `t/r` and `node|user` unambiguous.
+//!
+//! Two layouts. On one Redis ([`Layout::Single`]) a node has one inbox
+//! channel and the cluster one room index, as always. On a Redis Cluster
+//! ([`Layout::Cluster`]) a script may only publish to shard channels of its
+//! own slot, so a node's inbox is split by what publishes to it: the room
+//! script of `t/r` sends to `P:{t/r}:in:<node>`, the user script of tenant
+//! `t` to `P:{t}:in:<node>`; a host of a room listens on the room's inbox
+//! beside its channel (one SSUBSCRIBE, one slot). The room index is split
+//! into [`ROOM_BUCKETS`] keys so that no single key takes every join.
 
 use fanout_protocol::Name;
+
+use super::slots::slot_of;
+
+/// Keys the cluster's room index is split into on a Redis Cluster.
+pub(crate) const ROOM_BUCKETS: u16 = 64;
+
+/// Which key names a node uses: decided by the Redis URL, never mixed in
+/// one cluster (a rolling upgrade on one Redis keeps today's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// One Redis (or Sentinel): classic PUBLISH, one inbox per node.
+    Single,
+    /// A Redis Cluster: SPUBLISH, inboxes under the publishing script's tag.
+    Cluster,
+}
 
 /// Key and channel names for one cluster (prefix) as seen by one node.
 #[derive(Debug, Clone)]
 pub(crate) struct Keyspace {
     prefix: String,
     node: String,
+    layout: Layout,
 }
 
 impl Keyspace {
-    pub(crate) fn new(prefix: &str, node: &str) -> Self {
+    pub(crate) fn new(prefix: &str, node: &str, layout: Layout) -> Self {
         Self {
             prefix: prefix.to_owned(),
             node: node.to_owned(),
+            layout,
         }
+    }
+
+    /// The layout of this cluster's names.
+    pub(crate) fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The publish command of the route scripts: `PUBLISH` or `SPUBLISH`.
+    pub(crate) fn publish_verb(&self) -> &'static str {
+        match self.layout {
+            Layout::Single => "PUBLISH",
+            Layout::Cluster => "SPUBLISH",
+        }
+    }
+
+    /// Channels a node keeps subscribed for its whole life (single layout:
+    /// its inbox and the control channel; a cluster node's probe channels
+    /// follow the shards instead).
+    pub(crate) fn pinned(&self) -> Vec<String> {
+        match self.layout {
+            Layout::Single => vec![self.inbox(&self.node), self.control()],
+            Layout::Cluster => Vec::new(),
+        }
+    }
+
+    /// Inbox prefix of the room script of `t/r` (the script appends a node id).
+    pub(crate) fn room_inbox_prefix(&self, tenant: &Name, room: &Name) -> String {
+        match self.layout {
+            Layout::Single => self.inbox_prefix(),
+            Layout::Cluster => format!("{}:{{{tenant}/{room}}}:in:", self.prefix),
+        }
+    }
+
+    /// Inbox prefix of the user script of `t` (the script appends a node id).
+    pub(crate) fn tenant_inbox_prefix(&self, tenant: &Name) -> String {
+        match self.layout {
+            Layout::Single => self.inbox_prefix(),
+            Layout::Cluster => format!("{}:{{{tenant}}}:in:", self.prefix),
+        }
+    }
+
+    /// What a host of a room listens on besides its pinned channels.
+    pub(crate) fn room_listen(&self, tenant: &Name, room: &Name) -> Vec<String> {
+        let channel = self.room_channel(tenant, room);
+        match self.layout {
+            Layout::Single => vec![channel],
+            Layout::Cluster => vec![
+                channel,
+                format!("{}{}", self.room_inbox_prefix(tenant, room), self.node),
+            ],
+        }
+    }
+
+    /// What a node with connections of a tenant listens on besides its
+    /// pinned channels.
+    pub(crate) fn tenant_listen(&self, tenant: &Name) -> Vec<String> {
+        let channel = self.tenant_channel(tenant);
+        match self.layout {
+            Layout::Single => vec![channel],
+            Layout::Cluster => vec![
+                channel,
+                format!("{}{}", self.tenant_inbox_prefix(tenant), self.node),
+            ],
+        }
+    }
+
+    /// A channel in the slot of `tag` on which a node probes its own
+    /// subscription to that slot's shard (cluster layout).
+    pub(crate) fn probe_channel(&self, tag: &str) -> String {
+        format!("{}:{{{tag}}}:probe:{}", self.prefix, self.node)
     }
 
     /// This node's id.
@@ -59,9 +155,25 @@ impl Keyspace {
     }
 
     /// ZSET `t/r` → expiry of every room with a live host (for `/v1/stats`);
-    /// hosts raise the score with every heartbeat.
-    pub(crate) fn rooms(&self) -> String {
-        format!("{}:rooms", self.prefix)
+    /// hosts raise the score with every heartbeat. The key of room `t/r`:
+    /// one key on one Redis, one of [`ROOM_BUCKETS`] on a Redis Cluster.
+    pub(crate) fn rooms(&self, room_id: &str) -> String {
+        match self.layout {
+            Layout::Single => format!("{}:rooms", self.prefix),
+            Layout::Cluster => self.rooms_bucket(slot_of(room_id) % ROOM_BUCKETS),
+        }
+    }
+
+    /// Every key of the room index.
+    pub(crate) fn all_rooms(&self) -> Vec<String> {
+        match self.layout {
+            Layout::Single => vec![format!("{}:rooms", self.prefix)],
+            Layout::Cluster => (0..ROOM_BUCKETS).map(|b| self.rooms_bucket(b)).collect(),
+        }
+    }
+
+    fn rooms_bucket(&self, bucket: u16) -> String {
+        format!("{}:rooms:{{#r{bucket}}}", self.prefix)
     }
 
     /// Lock key held by the node that sweeps dead nodes this round.
@@ -187,7 +299,7 @@ mod tests {
 
     #[test]
     fn room_keys_share_a_hash_tag_and_names_with_colons_do_not_collide() {
-        let k = Keyspace::new("fo", "node-1");
+        let k = Keyspace::new("fo", "node-1", Layout::Single);
         assert_eq!(k.room_hosts(&n("a:b"), &n("c")), "fo:{a:b/c}:hosts");
         assert_eq!(k.room_channel(&n("a:b"), &n("c")), "fo:{a:b/c}:ch");
         assert_ne!(
@@ -195,6 +307,66 @@ mod tests {
             k.room_hosts(&n("a"), &n("b:c"))
         );
         assert_eq!(k.user_conns(&n("acme"), &n("u1")), "fo:{acme}:user:u1");
+    }
+
+    #[test]
+    fn one_redis_keeps_the_names_of_earlier_releases() {
+        let k = Keyspace::new("fo", "node-1", Layout::Single);
+        let (t, r) = (n("acme"), n("lobby"));
+        assert_eq!(k.room_inbox_prefix(&t, &r), "fo:inbox:");
+        assert_eq!(k.tenant_inbox_prefix(&t), "fo:inbox:");
+        assert_eq!(k.rooms("acme/lobby"), "fo:rooms");
+        assert_eq!(k.all_rooms(), vec!["fo:rooms".to_string()]);
+        assert_eq!(k.room_listen(&t, &r), vec![k.room_channel(&t, &r)]);
+        assert_eq!(k.pinned(), vec!["fo:inbox:node-1", "fo:control"]);
+        assert_eq!(k.publish_verb(), "PUBLISH");
+    }
+
+    #[test]
+    fn on_a_cluster_every_scripts_keys_and_channels_share_one_slot() {
+        let k = Keyspace::new("fo", "node-1", Layout::Cluster);
+        assert_eq!(k.publish_verb(), "SPUBLISH");
+        let (t, r, key) = (n("acme"), n("lobby"), n("k1"));
+        let slot = slot_of(&k.room_hosts(&t, &r));
+        // The room scripts (join, leave, sweep, route, history) and what
+        // the route script publishes to.
+        let mut room = k.room_script_keys(&t, &r);
+        room.extend([
+            k.room_stream(&t, &r),
+            k.room_meta(&t, &r),
+            k.room_idempotency(&t, &r, &key),
+            k.room_channel(&t, &r),
+            format!("{}node-2", k.room_inbox_prefix(&t, &r)),
+        ]);
+        room.extend(k.room_listen(&t, &r));
+        for name in &room {
+            assert_eq!(slot_of(name), slot, "{name}");
+        }
+        // The tenant scripts (admit, release, route user, route tenant).
+        let slot = slot_of(&k.tenant_conns(&t));
+        let mut tenant = vec![
+            k.user_conns(&t, &n("u1")),
+            k.tenant_idempotency(&t, &key),
+            k.tenant_channel(&t),
+            format!("{}node-2", k.tenant_inbox_prefix(&t)),
+        ];
+        tenant.extend(k.tenant_listen(&t));
+        for name in &tenant {
+            assert_eq!(slot_of(name), slot, "{name}");
+        }
+        // A host listens on its own inbox of the room, which is where other
+        // nodes' route scripts send it.
+        assert!(
+            k.room_listen(&t, &r)
+                .contains(&format!("{}node-1", k.room_inbox_prefix(&t, &r)))
+        );
+        // The room index is spread over buckets in different slots.
+        let slots: std::collections::HashSet<u16> =
+            k.all_rooms().iter().map(|b| slot_of(b)).collect();
+        assert_eq!(k.all_rooms().len(), ROOM_BUCKETS as usize);
+        assert!(slots.len() > ROOM_BUCKETS as usize / 2, "{}", slots.len());
+        assert!(k.all_rooms().contains(&k.rooms("acme/lobby")));
+        assert!(k.pinned().is_empty());
     }
 
     #[test]

@@ -9,17 +9,18 @@
 //! silent.
 //!
 //! The probe: a node publishes a numbered probe to its own inbox every
-//! `probe_interval`. If one has not come back by the next round while the
-//! publisher is healthy, the subscriber connection has silently stopped
-//! delivering, and it is reconnected (which resubscribes everything).
+//! `probe_interval` (on a Redis Cluster: to a channel of its own in one slot
+//! of each shard). If one has not come back by the next round while the
+//! publisher is healthy, that subscriber connection has silently stopped
+//! delivering, and it is reconnected (which resubscribes what it carried).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use fanout_protocol::{CloseCode, Name};
-use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::Message;
 use tokio::sync::broadcast::error::RecvError;
@@ -29,6 +30,8 @@ use tracing::{debug, error, warn};
 
 use super::envelope::{Envelope, Kind, VERSION};
 use super::health::Health;
+use super::keys::{Keyspace, Layout};
+use super::shards::{Redis, Shard};
 use crate::clock::now_millis;
 use crate::hub::Hub;
 use crate::message::{Audience, Broadcast, EncodedFrame, Position, Recipients};
@@ -89,7 +92,7 @@ pub(crate) async fn dispatch(
         };
         if env.origin == node {
             if env.kind == Kind::Probe {
-                probes.received(env.ts);
+                probes.received(&env.id, env.ts);
             }
             // Our own message published on a room or tenant channel: local
             // members were served before it was published.
@@ -166,25 +169,35 @@ fn deliver(hub: &Hub, env: Envelope) {
     });
 }
 
-/// Probe numbers sent and received.
+/// Probe numbers sent, and the last received per shard.
 #[derive(Debug, Default)]
 pub(crate) struct Probes {
     sent: AtomicU64,
-    received: AtomicU64,
+    /// Shard id → highest probe number received through it.
+    received: Mutex<HashMap<String, u64>>,
 }
 
 impl Probes {
-    fn received(&self, n: u64) {
-        self.received.fetch_max(n, Ordering::AcqRel);
+    fn received(&self, shard: &str, n: u64) {
+        let mut map = self.received.lock().unwrap_or_else(|p| p.into_inner());
+        let got = map.entry(shard.to_owned()).or_insert(0);
+        *got = (*got).max(n);
+    }
+
+    fn has_received(&self, shard: &str, n: u64) -> bool {
+        self.received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(shard)
+            .is_some_and(|&got| got >= n)
     }
 }
 
-/// Publishes probes to our own inbox and restarts a silent subscriber.
+/// Publishes probes to our own inbox (one Redis) or probe channels (one per
+/// shard of a Redis Cluster) and restarts a silent subscriber.
 pub(crate) struct Prober {
-    pub(crate) node: String,
-    pub(crate) inbox: String,
-    pub(crate) publisher: Client,
-    pub(crate) subscriber: SubscriberClient,
+    pub(crate) keys: Keyspace,
+    pub(crate) redis: Redis,
     pub(crate) health: Arc<Health>,
     pub(crate) probes: Arc<Probes>,
     pub(crate) interval: std::time::Duration,
@@ -193,56 +206,84 @@ pub(crate) struct Prober {
 impl Prober {
     pub(crate) async fn run(self, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.interval);
-        // The probe sent last round, judged this round. Only a probe sent
-        // and judged while the node was ready counts: probes lost in an
-        // outage say nothing about the subscriber after it.
-        let mut outstanding: Option<u64> = None;
+        // The probe sent last round to each shard, judged this round. Only a
+        // probe sent and judged while the shard was ready counts: probes
+        // lost in an outage say nothing about the subscriber after it.
+        let mut outstanding: HashMap<String, u64> = HashMap::new();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
             if !self.health.is_ready() {
-                outstanding = None;
+                outstanding.clear();
                 continue;
             }
-            if let Some(n) = outstanding.take()
-                && self.probes.received.load(Ordering::Acquire) < n
-            {
-                warn!("the subscriber connection stopped delivering (probe lost); reconnecting it");
-                m::probe_failed();
-                self.health.set_synced(false);
-                if let Err(e) = self.subscriber.force_reconnection().await {
-                    warn!(error = %e, "subscriber reconnect failed");
+            let shards = self.redis.shards();
+            outstanding.retain(|id, _| shards.iter().any(|s| &*s.id == id));
+            for shard in shards {
+                let key = shard.id.to_string();
+                if !shard.is_ready() && self.keys.layout() == Layout::Cluster {
+                    outstanding.remove(&key);
+                    continue;
                 }
-                continue;
-            }
-            let n = self.probes.sent.fetch_add(1, Ordering::AcqRel) + 1;
-            let env = Envelope {
-                v: VERSION,
-                origin: self.node.clone(),
-                kind: Kind::Probe,
-                id: String::new(),
-                ts: n,
-                tenant: String::new(),
-                room: None,
-                user: None,
-                presence_only: false,
-                json: Bytes::new(),
-                msgpack: Bytes::new(),
-                offset: None,
-                epoch: None,
-            };
-            let Ok(bytes) = env.encode() else { continue };
-            if self
-                .publisher
-                .publish::<i64, _, _>(self.inbox.as_str(), bytes)
-                .await
-                .is_ok()
-            {
-                outstanding = Some(n);
+                if let Some(n) = outstanding.remove(&key)
+                    && !self.probes.has_received(&key, n)
+                {
+                    self.lost(&shard).await;
+                    continue;
+                }
+                if let Some(n) = self.send(&shard).await {
+                    outstanding.insert(key, n);
+                }
             }
         }
+    }
+
+    /// A probe did not come back: that subscriber connection is replaced,
+    /// and what it carried is resynced.
+    async fn lost(&self, shard: &Shard) {
+        warn!(shard = %shard.id, "a subscriber connection stopped delivering (probe lost); reconnecting it");
+        m::probe_failed();
+        match self.keys.layout() {
+            Layout::Single => self.health.set_synced(false),
+            Layout::Cluster => shard.set_synced(false),
+        }
+        if let Err(e) = shard.subscriber.force_reconnection().await {
+            warn!(error = %e, "subscriber reconnect failed");
+        }
+    }
+
+    /// Publishes the next probe through `shard`; its number if it went out.
+    async fn send(&self, shard: &Shard) -> Option<u64> {
+        let n = self.probes.sent.fetch_add(1, Ordering::AcqRel) + 1;
+        let env = Envelope {
+            v: VERSION,
+            origin: self.keys.node().to_owned(),
+            kind: Kind::Probe,
+            id: shard.id.to_string(),
+            ts: n,
+            tenant: String::new(),
+            room: None,
+            user: None,
+            presence_only: false,
+            json: Bytes::new(),
+            msgpack: Bytes::new(),
+            offset: None,
+            epoch: None,
+        };
+        let bytes = env.encode().ok()?;
+        let sent: Result<i64, _> = match self.keys.layout() {
+            Layout::Single => {
+                let inbox = self.keys.inbox(self.keys.node());
+                shard.publisher.publish(inbox, bytes).await
+            }
+            Layout::Cluster => {
+                let channel = self.keys.probe_channel(&shard.probe_tag()?);
+                shard.publisher.spublish(channel, bytes).await
+            }
+        };
+        sent.ok().map(|_| n)
     }
 }
 

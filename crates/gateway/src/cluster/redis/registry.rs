@@ -26,6 +26,7 @@ use fanout_protocol::Name;
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use self::actor::Actor;
+pub(crate) use self::op::Scope;
 use self::op::{Change, Op};
 use crate::cluster::{AdmitError, BusError};
 use crate::hub::ConnLimits;
@@ -104,8 +105,8 @@ impl Registry {
         .unwrap_or_else(|| Err(BusError::Stopped))
     }
 
-    pub(crate) async fn resync(&self) -> Result<(), BusError> {
-        self.call(|reply| Op::Resync { reply })
+    pub(crate) async fn resync(&self, scope: Scope) -> Result<(), BusError> {
+        self.call(|reply| Op::Resync { scope, reply })
             .await
             .unwrap_or_else(|| Err(BusError::Stopped))
     }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fanout_protocol::Name;
-use fred::clients::Client;
 use fred::interfaces::PubsubInterface;
 use fred::types::Value;
 
-use super::keys::Keyspace;
+use super::keys::{Keyspace, Layout};
 use super::scripts;
+use super::shards::Redis;
 use crate::clock::now_millis;
 use crate::cluster::{
     BusError, HistoryPage, HistoryQuery, IDEMPOTENCY_WINDOW, Published, StreamSpec, new_epoch,
@@ -25,8 +25,8 @@ use crate::metrics as m;
 pub(crate) struct Route<'a> {
     /// Key and channel names.
     pub(crate) keys: &'a Keyspace,
-    /// The publisher connection.
-    pub(crate) publisher: &'a Client,
+    /// The connections, by shard.
+    pub(crate) redis: &'a Redis,
     /// `redis.direct_max_nodes`.
     pub(crate) direct_max_nodes: usize,
     /// The message id (remembered with an idempotency key).
@@ -90,7 +90,7 @@ impl Route<'_> {
             now_millis().to_string().into(),
             self.direct_max_nodes.to_string().into(),
             keys.room_channel(tenant, room).into(),
-            keys.inbox_prefix().into(),
+            keys.room_inbox_prefix(tenant, room).into(),
             Value::Bytes(envelope),
             size.into(),
             ttl.into(),
@@ -103,10 +103,18 @@ impl Route<'_> {
             }),
             self.idempotency_ttl().into(),
             self.id.into(),
+            keys.publish_verb().into(),
+            if keys.layout() == Layout::Cluster {
+                "1"
+            } else {
+                "0"
+            }
+            .into(),
         ];
-        let reply: Vec<Value> = scripts::ROUTE_ROOM
-            .evalsha_with_reload(
-                self.publisher,
+        let reply: Vec<Value> = self
+            .redis
+            .eval(
+                &scripts::ROUTE_ROOM,
                 vec![
                     keys.room_hosts(tenant, room),
                     keys.room_stream(tenant, room),
@@ -159,15 +167,17 @@ impl Route<'_> {
         };
         let mut args: Vec<Value> = vec![
             keys.node().into(),
-            keys.inbox_prefix().into(),
+            keys.tenant_inbox_prefix(tenant).into(),
             Value::Bytes(envelope),
             self.idempotency_ttl().into(),
             self.id.into(),
+            keys.publish_verb().into(),
         ];
         args.extend(dead.into_iter().map(Value::from));
-        let reply: Vec<Value> = scripts::ROUTE_USER
-            .evalsha_with_reload(
-                self.publisher,
+        let reply: Vec<Value> = self
+            .redis
+            .eval(
+                &scripts::ROUTE_USER,
                 vec![keys.user_conns(tenant, user), idempotency],
                 args,
             )
@@ -194,22 +204,28 @@ impl Route<'_> {
         let channel = self.keys.tenant_channel(tenant);
         match self.idempotency_key {
             None => {
-                let _: i64 = self
-                    .publisher
-                    .publish(channel, envelope)
-                    .await
-                    .map_err(|e| BusError::redis("publish", e))?;
+                let shard = self
+                    .redis
+                    .shard_of_key(&channel)
+                    .ok_or(BusError::NoReply { op: "publish" })?;
+                let sent: Result<i64, _> = match self.keys.layout() {
+                    Layout::Single => shard.publisher.publish(channel, envelope).await,
+                    Layout::Cluster => shard.publisher.spublish(channel, envelope).await,
+                };
+                sent.map_err(|e| BusError::redis("publish", e))?;
             }
             Some(key) => {
-                let first: String = scripts::ROUTE_TENANT
-                    .evalsha_with_reload(
-                        self.publisher,
+                let first: String = self
+                    .redis
+                    .eval(
+                        &scripts::ROUTE_TENANT,
                         vec![self.keys.tenant_idempotency(tenant, key)],
                         vec![
                             Value::from(channel),
                             Value::Bytes(envelope),
                             self.idempotency_ttl().into(),
                             self.id.into(),
+                            self.keys.publish_verb().into(),
                         ],
                     )
                     .await
@@ -228,7 +244,7 @@ impl Route<'_> {
 
 /// Reads a room's stream with the history script.
 pub(crate) async fn read_history(
-    publisher: &Client,
+    redis: &Redis,
     keys: &Keyspace,
     tenant: &Name,
     room: &Name,
@@ -238,9 +254,9 @@ pub(crate) async fn read_history(
     let after = query
         .after
         .map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX));
-    let reply: Vec<Value> = scripts::HISTORY
-        .evalsha_with_reload(
-            publisher,
+    let reply: Vec<Value> = redis
+        .eval(
+            &scripts::HISTORY,
             vec![keys.room_stream(tenant, room), keys.room_meta(tenant, room)],
             vec![
                 Value::from(new_epoch().to_string()),

@@ -1,7 +1,9 @@
 //! The Lua scripts that make registry changes and routing decisions atomic.
 //!
 //! Each script touches only keys of one hash tag (one room, or one tenant),
-//! declared in `KEYS`, so it runs unchanged on a Redis Cluster. Times are
+//! declared in `KEYS`, and publishes only to channels under the same tag
+//! (on a Redis Cluster; on one Redis the node inbox has no tag), so it runs
+//! unchanged on a Redis Cluster with the publish verb as an argument. Times are
 //! the calling node's clock in milliseconds; nodes are expected to be within
 //! a small fraction of a heartbeat of each other (NTP).
 
@@ -143,7 +145,8 @@ return {left, redis.call('ZCARD', KEYS[1])}
 ///       5 inbox prefix, 6 envelope, 7 history size (0: no history),
 ///       8 stream TTL (ms), 9 meta TTL (ms), 10 epoch to use if the room has
 ///       none, 11 the frame as JSON (stored), 12 idempotency window (ms, 0:
-///       no key), 13 message id.
+///       no key), 13 message id, 14 publish verb (`PUBLISH` on one Redis,
+///       `SPUBLISH` on a Redis Cluster), 15 `1` to check the replication id.
 ///
 /// Idempotency first: a key accepted before answers what it answered then,
 /// and nothing is published. History next: the meta hash's counter gives
@@ -159,6 +162,15 @@ return {left, redis.call('ZCARD', KEYS[1])}
 /// the room channel arrive on the same subscriber connection in the order
 /// Redis executed the publishes, offsets arrive in order too (a node's own
 /// publishes are delivered by itself; its hub puts them in order).
+///
+/// Failover (ARGV[15] = 1, Redis Cluster): replication is asynchronous, so a
+/// promoted replica may lack the last offsets its primary handed out and
+/// would hand them out again. The meta keeps `rid`, the replication id of
+/// the primary that last wrote it; when that equals this primary's
+/// `master_replid2`, a failover happened since the room's last write and
+/// the room starts a new epoch (clients recover with `recovered: false`,
+/// as after a Redis restarted empty). A slot migration copies the meta with
+/// its foreign `rid`, which is adopted silently.
 ///
 /// Returns {hosts, mode (0 direct, 1 channel, -1 duplicate), publishes,
 /// offset (0: no history), epoch, first answer `id|offset|epoch` (duplicate)}.
@@ -178,6 +190,16 @@ if idem_ttl > 0 then
 end
 local offset, epoch = 0, ''
 if size > 0 then
+  local rid
+  if ARGV[15] == '1' then
+    local info = redis.call('INFO', 'replication')
+    rid = string.match(info, 'master_replid:(%w+)')
+    local rid2 = string.match(info, 'master_replid2:(%w+)')
+    local stamp = redis.call('HGET', KEYS[3], 'rid')
+    if stamp and stamp ~= rid and stamp == rid2 then
+      redis.call('DEL', KEYS[3])
+    end
+  end
   epoch = redis.call('HGET', KEYS[3], 'epoch')
   if not epoch then
     epoch = ARGV[10]
@@ -185,6 +207,7 @@ if size > 0 then
     redis.call('HSET', KEYS[3], 'epoch', epoch, 'top', 0)
   end
   offset = redis.call('HINCRBY', KEYS[3], 'top', 1)
+  if rid then redis.call('HSET', KEYS[3], 'rid', rid) end
   redis.call('PEXPIRE', KEYS[3], ARGV[9])
   redis.call('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'j', ARGV[11])
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
@@ -196,13 +219,13 @@ if idem_ttl > 0 then
 end
 local hosts = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 if #hosts > k then
-  redis.call('PUBLISH', ARGV[4], env)
+  redis.call(ARGV[14], ARGV[4], env)
   return {#hosts, 1, 1, offset, epoch, ''}
 end
 local sent = 0
 for _, node in ipairs(hosts) do
   if node ~= origin then
-    redis.call('PUBLISH', ARGV[5] .. node, env)
+    redis.call(ARGV[14], ARGV[5] .. node, env)
     sent = sent + 1
   end
 end
@@ -216,7 +239,7 @@ return {#hosts, 0, sent, offset, epoch, ''}
 /// KEYS: user hash, idempotency key (the tenant's slot; read only when
 ///       ARGV[4] > 0).
 /// ARGV: 1 origin node, 2 inbox prefix, 3 envelope, 4 idempotency window
-///       (ms, 0: no key), 5 message id, 6… dead nodes.
+///       (ms, 0: no key), 5 message id, 6 publish verb, 7… dead nodes.
 /// Returns {inbox publishes, first answer `id|0|` of a duplicate or ''}.
 pub(crate) static ROUTE_USER: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
@@ -229,13 +252,13 @@ if idem_ttl > 0 then
   redis.call('SET', KEYS[2], ARGV[5] .. '|0|', 'PX', idem_ttl)
 end
 local dead = {}
-for i = 6, #ARGV do dead[ARGV[i]] = true end
+for i = 7, #ARGV do dead[ARGV[i]] = true end
 local sent = 0
 local flat = redis.call('HGETALL', KEYS[1])
 for i = 1, #flat, 2 do
   local node = flat[i]
   if node ~= origin and not dead[node] and tonumber(flat[i + 1]) > 0 then
-    redis.call('PUBLISH', ARGV[2] .. node, ARGV[3])
+    redis.call(ARGV[6], ARGV[2] .. node, ARGV[3])
     sent = sent + 1
   end
 end
@@ -247,7 +270,8 @@ return {sent, ''}
 /// Publish a tenant-wide message once per idempotency key.
 ///
 /// KEYS: idempotency key (the tenant's slot).
-/// ARGV: 1 tenant channel, 2 envelope, 3 idempotency window (ms), 4 message id.
+/// ARGV: 1 tenant channel, 2 envelope, 3 idempotency window (ms), 4 message
+///       id, 5 publish verb.
 /// Returns '' when published, else the first answer `id|0|`.
 pub(crate) static ROUTE_TENANT: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
@@ -255,7 +279,7 @@ pub(crate) static ROUTE_TENANT: LazyLock<Script> = LazyLock::new(|| {
 local first = redis.call('GET', KEYS[1])
 if first then return first end
 redis.call('SET', KEYS[1], ARGV[4] .. '|0|', 'PX', ARGV[3])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
+redis.call(ARGV[5], ARGV[1], ARGV[2])
 return ''
 "#,
     )

@@ -1,42 +1,54 @@
-//! The supervisor: Redis connection state → readiness, and a resync after
-//! every reconnect.
+//! The supervisor: Redis connection state → readiness, and resyncs.
 //!
-//! It polls both connections every 200 ms and also wakes on fred's
-//! reconnect events, because a reconnect can be too quick to be seen as a
-//! disconnect, and a new subscriber connection has lost every subscription.
+//! It wakes every 200 ms and whenever a shard reconnects or a redirection
+//! says the slot map is stale (a reconnect can be too quick to be seen as a
+//! disconnect, and a new subscriber connection has lost every
+//! subscription). On one Redis any reconnect resyncs the whole node. On a
+//! Redis Cluster it also re-reads the slot map every `probe_interval` —
+//! Redis tells a subscriber that its slot moved only with a pushed
+//! `sunsubscribe`, which fred drops, so a changed owner in the map is how a
+//! migration or a failover is noticed — and resyncs each shard that
+//! reconnected or gained slots on its own, while the others keep serving.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::health::Health;
-use super::registry::Registry;
+use super::keys::Layout;
+use super::registry::{Registry, Scope};
+use super::shards::Redis;
+use crate::metrics as m;
 
-/// Watches both connections until `stop`.
+/// Watches the connections until `stop`.
 pub(crate) async fn supervise(
-    publisher: Client,
-    subscriber: SubscriberClient,
+    redis: Redis,
     registry: Registry,
     health: Arc<Health>,
+    poll: Duration,
     stop: CancellationToken,
 ) {
-    let mut pub_events = publisher.reconnect_rx();
-    let mut sub_events = subscriber.reconnect_rx();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut was_up = false;
+    let mut polled: Option<Instant> = None;
     loop {
-        let mut reconnected = false;
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
-            Ok(_) = pub_events.recv() => reconnected = true,
-            Ok(_) = sub_events.recv() => reconnected = true,
+            () = redis.changed() => {}
         }
-        let up = publisher.is_connected() && subscriber.is_connected();
+        if redis.layout() == Layout::Cluster
+            && (redis.is_stale() || polled.is_none_or(|t| t.elapsed() >= poll))
+        {
+            polled = Some(Instant::now());
+            if let Err(e) = redis.refresh().await {
+                m::redis_topology_refresh_failed();
+                warn!(error = %e, "could not read the redis cluster slot map; retrying");
+            }
+        }
+        let up = redis.is_connected();
         health.set_connected(up);
         if !up {
             if was_up {
@@ -46,17 +58,37 @@ pub(crate) async fn supervise(
             continue;
         }
         was_up = true;
-        // Any reconnect (even one too quick to be seen as a disconnect) and
-        // anything that marked the node unsynced (a failed probe) resyncs.
-        if reconnected {
+        let shards = redis.shards();
+        // One Redis: any reconnect (even one too quick to be seen as a
+        // disconnect) and anything that marked the node unsynced (a failed
+        // probe or script) resyncs the whole node.
+        if redis.layout() == Layout::Single && shards.iter().any(|s| !s.is_synced()) {
             health.set_synced(false);
         }
         if !health.is_synced() {
-            match registry.resync().await {
+            match registry.resync(Scope::All).await {
                 Ok(()) => info!("connected to redis and registered"),
                 Err(e) => {
                     health.resync_failed(&e);
                     warn!(error = %e, cause = ?std::error::Error::source(&e), "resync failed; retrying");
+                }
+            }
+            continue;
+        }
+        for shard in shards {
+            if !shard.is_connected() {
+                continue;
+            }
+            if !shard.is_synced() {
+                if let Err(e) = registry.resync(Scope::Shard(shard.id.clone())).await {
+                    warn!(shard = %shard.id, error = %e, cause = ?std::error::Error::source(&e), "resync of a redis shard failed; retrying");
+                }
+            } else if shard.has_moved() {
+                let slots = shard.take_moved();
+                let scope = Scope::Slots(shard.id.clone(), slots.clone());
+                if let Err(e) = registry.resync(scope).await {
+                    shard.add_moved(slots);
+                    warn!(shard = %shard.id, error = %e, "resync of moved redis slots failed; retrying");
                 }
             }
         }

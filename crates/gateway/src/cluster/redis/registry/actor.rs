@@ -4,16 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::PubsubInterface;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::warn;
 
-use super::op::Op;
+use super::op::{Op, Scope};
 use super::state::{Channels, Registered};
 use crate::cluster::redis::health::{Health, NodeLiveness};
-use crate::cluster::redis::keys::Keyspace;
+use crate::cluster::redis::keys::{Keyspace, Layout};
+use crate::cluster::redis::shards::Redis;
 use crate::config::RedisConfig;
 
 /// Longest batch the actor takes at once.
@@ -28,10 +26,10 @@ pub(crate) struct Actor {
     pub(crate) keys: Keyspace,
     /// `[redis]`: TTLs, heartbeat period, channel linger.
     pub(crate) config: RedisConfig,
-    /// Commands and scripts (shared with the bus, which publishes on it).
-    pub(crate) publisher: Client,
-    /// SUBSCRIBE / UNSUBSCRIBE (the receiver reads its messages).
-    pub(crate) subscriber: SubscriberClient,
+    /// The connections by shard (shared with the bus, which publishes on
+    /// them): commands, scripts, (S)SUBSCRIBE; the receiver reads the
+    /// messages.
+    pub(crate) redis: Redis,
     /// Readiness: the actor records heartbeats and marks itself unsynced
     /// when a script's outcome is unknown.
     pub(crate) health: Arc<Health>,
@@ -89,10 +87,15 @@ impl Actor {
                         changes.push(change);
                     }
                 }
-                Op::Resync { reply } => {
+                Op::Resync { scope, reply } => {
                     // Resync and deregister see every earlier change applied.
                     self.flush(std::mem::take(&mut changes)).await;
-                    let _ = reply.send(self.resync().await);
+                    let done = match scope {
+                        Scope::All => self.resync().await,
+                        Scope::Shard(id) => self.resync_shard(&id).await,
+                        Scope::Slots(id, slots) => self.resync_slots(&id, &slots).await,
+                    };
+                    let _ = reply.send(done);
                 }
                 Op::Deregister { reply } => {
                     self.flush(std::mem::take(&mut changes)).await;
@@ -116,8 +119,20 @@ impl Actor {
         // idempotent, so a later join resubscribes rather than trusting a
         // subscription an unanswered UNSUBSCRIBE may have ended.
         self.channels.forget(&expired);
-        if let Err(e) = self.subscriber.unsubscribe(expired.clone()).await {
-            warn!(error = %e, channels = expired.len(), "unsubscribe failed; the channels are resubscribed on the next join");
+        self.redis.unsubscribe(&expired).await;
+    }
+
+    /// Marks the part of the registry `key` lives in as needing a rewrite:
+    /// the whole node on one Redis, the key's shard on a Redis Cluster.
+    pub(super) fn mark_unsynced(&self, key: &str) {
+        match self.keys.layout() {
+            Layout::Single => self.health.set_synced(false),
+            Layout::Cluster => {
+                if let Some(shard) = self.redis.shard_of_key(key) {
+                    shard.set_synced(false);
+                }
+                self.redis.mark_stale();
+            }
         }
     }
 }

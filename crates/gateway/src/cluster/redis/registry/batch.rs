@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use fred::interfaces::{PubsubInterface, SetsInterface, SortedSetsInterface};
+use fred::interfaces::SetsInterface;
 use fred::types::Value;
 use tracing::debug;
 
@@ -42,11 +42,12 @@ fn pair(v: &Value) -> (i64, i64) {
 }
 
 impl Actor {
-    fn channel_of(&self, change: &Change) -> Option<String> {
+    /// The channels a change needs subscribed before it registers.
+    fn channels_of(&self, change: &Change) -> Vec<String> {
         match change {
-            Change::Register { tenant, .. } => Some(self.keys.tenant_channel(tenant)),
-            Change::Join { tenant, room, .. } => Some(self.keys.room_channel(tenant, room)),
-            _ => None,
+            Change::Register { tenant, .. } => self.keys.tenant_listen(tenant),
+            Change::Join { tenant, room, .. } => self.keys.room_listen(tenant, room),
+            _ => Vec::new(),
         }
     }
 
@@ -57,19 +58,19 @@ impl Actor {
         }
         // 1. Channels first: a node must hear a room or tenant before it
         //    registers for it. If that fails, those changes fail now.
-        let wanted: Vec<String> = batch.iter().filter_map(|c| self.channel_of(c)).collect();
+        let wanted: Vec<String> = batch.iter().flat_map(|c| self.channels_of(c)).collect();
         let missing = self.channels.missing(&wanted);
         if !missing.is_empty() {
-            match self.subscriber.subscribe(missing.clone()).await {
-                Ok(()) => self.channels.mark_subscribed(&missing),
-                Err(e) => {
-                    let err = BusError::redis("subscribe", e);
-                    let (refused, kept): (Vec<_>, Vec<_>) = batch
-                        .into_iter()
-                        .partition(|c| self.channel_of(c).is_some_and(|ch| missing.contains(&ch)));
-                    refused.into_iter().for_each(|c| c.refuse(err.clone()));
-                    batch = kept;
-                }
+            let (done, failed) = self.redis.subscribe(&missing).await;
+            self.channels.mark_subscribed(&done);
+            if let Some(e) = failed {
+                let err = BusError::redis("subscribe", e);
+                let lacking = self.channels.missing(&missing);
+                let (refused, kept): (Vec<_>, Vec<_>) = batch
+                    .into_iter()
+                    .partition(|c| self.channels_of(c).iter().any(|ch| lacking.contains(ch)));
+                refused.into_iter().for_each(|c| c.refuse(err.clone()));
+                batch = kept;
             }
         }
 
@@ -96,7 +97,9 @@ impl Actor {
                         created.push(keys::index_user(tenant, user));
                     }
                     if first_tenant {
-                        self.channels.needed(self.keys.tenant_channel(tenant));
+                        for ch in self.keys.tenant_listen(tenant) {
+                            self.channels.needed(ch);
+                        }
                         created.push(keys::index_tenant(tenant));
                     }
                     touched.insert(keys::index_user(tenant, user));
@@ -115,8 +118,9 @@ impl Actor {
                 Change::Unregister { tenant, user } => {
                     let (_, last_tenant) = self.registered.remove_conn(tenant, user);
                     if last_tenant {
-                        self.channels
-                            .unneeded(&self.keys.tenant_channel(tenant), linger);
+                        for ch in self.keys.tenant_listen(tenant) {
+                            self.channels.unneeded(&ch, linger);
+                        }
                     }
                     touched.insert(keys::index_user(tenant, user));
                     touched.insert(keys::index_tenant(tenant));
@@ -130,7 +134,9 @@ impl Actor {
                     tenant, room, user, ..
                 } => {
                     if self.registered.add_member(tenant, room, user) {
-                        self.channels.needed(self.keys.room_channel(tenant, room));
+                        for ch in self.keys.room_listen(tenant, room) {
+                            self.channels.needed(ch);
+                        }
                         created.push(keys::index_room(tenant, room));
                         new_rooms.push((expiry as f64, keys::room_id(tenant, room)));
                     }
@@ -149,8 +155,9 @@ impl Actor {
                 } => {
                     let emptied = self.registered.remove_member(tenant, room, user);
                     if emptied {
-                        self.channels
-                            .unneeded(&self.keys.room_channel(tenant, room), linger);
+                        for ch in self.keys.room_listen(tenant, room) {
+                            self.channels.unneeded(&ch, linger);
+                        }
                     }
                     touched.insert(keys::index_room(tenant, room));
                     let keys = self.keys.room_script_keys(tenant, room);
@@ -168,32 +175,36 @@ impl Actor {
             }
             scripted.push((change, script, keys, args));
         }
-        let pipe = self.publisher.pipeline();
-        let mut prefix = 0;
+        let mut pipe = self.redis.pipe();
         if !created.is_empty() {
-            let _: Result<(), _> = pipe.sadd(self.keys.node_index(&node), created).await;
-            prefix += 1;
+            let index = self.keys.node_index(&node);
+            if let Some(p) = pipe.at(&index) {
+                let _: Result<(), _> = p.sadd(index, created).await;
+            }
         }
         if !new_rooms.is_empty() {
-            super::sync::queue_room_expiries(&pipe, &self.keys, new_rooms).await;
-            prefix += 1;
+            super::sync::queue_room_expiries(&mut pipe, &self.keys, new_rooms).await;
         }
+        let prefix = pipe.len();
         for (_, script, keys, args) in &scripted {
-            scripts::queue(&pipe, script, keys.clone(), args.clone()).await;
+            if let Some(p) = pipe.at(&keys[0]) {
+                scripts::queue(p, script, keys.clone(), args.clone()).await;
+            }
         }
-        let mut results = pipe.try_all::<Value>().await.into_iter().skip(prefix);
+        let mut results = pipe.all().await.into_iter().skip(prefix);
 
         // 3. Replies; roll back what Redis refused.
         let mut emptied_rooms = Vec::new();
-        for (change, ..) in scripted {
+        for (change, _, keys, _) in scripted {
             let result = results.next();
             if !matches!(result, Some(Ok(_))) {
                 // The script failed, or its outcome is unknown (a timeout may
                 // come after it ran; NOSCRIPT after a lost script cache). The
                 // view has been settled as if it did not run, which Redis may
-                // not agree with: the next heartbeat rewrites Redis from the
-                // view (and reloads the scripts).
-                self.health.set_synced(false);
+                // not agree with: the supervisor rewrites Redis from the view
+                // (and reloads the scripts) — the whole registry on one
+                // Redis, the key's shard on a Redis Cluster.
+                self.mark_unsynced(&keys[0]);
             }
             self.settle(change, result, &mut emptied_rooms);
         }
@@ -203,14 +214,15 @@ impl Actor {
         if stale.is_empty() && emptied_rooms.is_empty() {
             return;
         }
-        let pipe = self.publisher.pipeline();
+        let mut pipe = self.redis.pipe();
         if !stale.is_empty() {
-            let _: Result<(), _> = pipe.srem(self.keys.node_index(&node), stale).await;
+            let index = self.keys.node_index(&node);
+            if let Some(p) = pipe.at(&index) {
+                let _: Result<(), _> = p.srem(index, stale).await;
+            }
         }
-        if !emptied_rooms.is_empty() {
-            let _: Result<(), _> = pipe.zrem(self.keys.rooms(), emptied_rooms).await;
-        }
-        for r in pipe.try_all::<Value>().await {
+        super::sync::queue_room_removals(&mut pipe, &self.keys, emptied_rooms).await;
+        for r in pipe.all().await {
             if let Err(e) = r {
                 debug!(error = %e, "registry index cleanup failed; the next resync rewrites it");
             }
@@ -246,8 +258,9 @@ impl Actor {
                     _ => Err(AdmitError::Unavailable(script_error("admit", result))),
                 };
                 if outcome.is_err() && self.registered.remove_conn(&tenant, &user).1 {
-                    self.channels
-                        .unneeded(&self.keys.tenant_channel(&tenant), linger);
+                    for ch in self.keys.tenant_listen(&tenant) {
+                        self.channels.unneeded(&ch, linger);
+                    }
                 }
                 let _ = reply.send(outcome);
             }
@@ -265,8 +278,9 @@ impl Actor {
                 Some(Ok(v)) => drop(reply.send(Ok(pair(&v).0 == 1))),
                 other => {
                     if self.registered.remove_member(&tenant, &room, &user) {
-                        self.channels
-                            .unneeded(&self.keys.room_channel(&tenant, &room), linger);
+                        for ch in self.keys.room_listen(&tenant, &room) {
+                            self.channels.unneeded(&ch, linger);
+                        }
                     }
                     let _ = reply.send(Err(script_error("join", other)));
                 }
@@ -309,16 +323,15 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use fred::clients::{Client, SubscriberClient};
-    use fred::interfaces::{ClientLike, SortedSetsInterface};
-    use fred::types::config::Config as FredConfig;
+    use fred::interfaces::SortedSetsInterface;
 
     use fanout_protocol::Name;
     use tokio::sync::oneshot;
 
     use super::*;
     use crate::cluster::redis::health::{Health, NodeLiveness};
-    use crate::cluster::redis::keys::Keyspace;
+    use crate::cluster::redis::keys::{Keyspace, Layout};
+    use crate::cluster::redis::shards::Redis as Connections;
     use crate::config::RedisConfig;
 
     struct Redis(Child);
@@ -356,18 +369,19 @@ mod tests {
             url: url.into(),
             ..RedisConfig::default()
         };
-        let fred = FredConfig::from_url(url).unwrap();
-        let publisher = Client::new(fred.clone(), None, None, None);
-        let subscriber = SubscriberClient::new(fred, None, None, None);
-        publisher.init().await.unwrap();
-        subscriber.init().await.unwrap();
+        let redis = Connections::connect(&config, Box::new(|_| {})).unwrap();
+        for _ in 0..200 {
+            if redis.is_connected() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let health = Arc::new(Health::new(config.entry_ttl()));
         health.set_connected(true);
         let mut actor = Actor {
-            keys: Keyspace::new("t", "node-a"),
+            keys: Keyspace::new("t", "node-a", Layout::Single),
             config,
-            publisher,
-            subscriber,
+            redis,
             health,
             liveness: Arc::new(NodeLiveness::default()),
             channels: Default::default(),
@@ -410,7 +424,8 @@ mod tests {
     }
 
     async fn is_host(actor: &Actor) -> bool {
-        let score: Option<f64> = actor
+        let shard = actor.redis.shards().remove(0);
+        let score: Option<f64> = shard
             .publisher
             .zscore(actor.keys.room_hosts(&n("acme"), &n("lobby")), "node-a")
             .await

@@ -1,8 +1,11 @@
 //! The requests the registry actor takes: plain data with a reply channel.
 
+use std::collections::BTreeSet;
+
 use fanout_protocol::Name;
 use tokio::sync::oneshot;
 
+use crate::cluster::redis::shards::ShardId;
 use crate::cluster::{AdmitError, BusError};
 use crate::hub::ConnLimits;
 
@@ -11,12 +14,27 @@ use crate::hub::ConnLimits;
 pub(crate) enum Op {
     /// A registry change of one connection (batched with others).
     Change(Change),
-    /// Rewrite this node's whole registry and subscriptions (start, reconnect).
+    /// Rewrite this node's registry and subscriptions (start, reconnect):
+    /// all of it, or (Redis Cluster) what lives on one shard.
     Resync {
+        scope: Scope,
         reply: oneshot::Sender<Result<(), BusError>>,
     },
     /// Remove this node from the registry (drain); the actor stops after it.
     Deregister { reply: oneshot::Sender<()> },
+}
+
+/// What a resync rewrites.
+#[derive(Debug, Clone)]
+pub(crate) enum Scope {
+    /// Everything: start, a reconnect to one Redis, a swept registry.
+    All,
+    /// Redis Cluster: what lives on one shard (it reconnected, or is a
+    /// newly promoted primary); its entries are purged and rewritten.
+    Shard(ShardId),
+    /// Redis Cluster: slots that moved to a shard by a migration; their
+    /// channels are subscribed there and their entries rewritten.
+    Slots(ShardId, BTreeSet<u16>),
 }
 
 /// One connection's registry change.

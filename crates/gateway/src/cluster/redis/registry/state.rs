@@ -103,15 +103,19 @@ impl Channels {
         }
     }
 
-    /// Every channel that should be subscribed (needed or lingering).
-    pub(crate) fn all(&self) -> Vec<String> {
-        self.map.keys().cloned().collect()
+    /// Every channel that should be subscribed (needed or lingering) and
+    /// that `within` selects (on a Redis Cluster: those of one shard).
+    pub(crate) fn all(&self, within: impl Fn(&str) -> bool) -> Vec<String> {
+        self.map.keys().filter(|c| within(c)).cloned().collect()
     }
 
-    /// Marks every channel unsubscribed (the subscriber connection was replaced).
-    pub(crate) fn reset_subscribed(&mut self) {
-        for ch in self.map.values_mut() {
-            ch.subscribed = false;
+    /// Marks the channels `within` selects unsubscribed (their subscriber
+    /// connection was replaced, or their slots moved to another shard).
+    pub(crate) fn reset_subscribed(&mut self, within: impl Fn(&str) -> bool) {
+        for (c, ch) in self.map.iter_mut() {
+            if within(c) {
+                ch.subscribed = false;
+            }
         }
     }
 }

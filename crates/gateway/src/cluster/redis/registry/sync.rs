@@ -1,8 +1,14 @@
 //! Heartbeats, resync after a (re)connect, sweeping dead nodes, deregistering.
+//!
+//! On a Redis Cluster every multi-key step is a [`Pipe`] that sends each
+//! command to the shard owning its key, and a resync can be scoped to one
+//! shard: after that shard reconnected, was promoted or took slots over,
+//! only what lives in its slots is resubscribed and rewritten, while the
+//! other shards keep serving.
 
+use fred::clients::Client;
 use fred::interfaces::{
-    HashesInterface, KeysInterface, LuaInterface, PubsubInterface, SetsInterface,
-    SortedSetsInterface,
+    HashesInterface, KeysInterface, LuaInterface, SetsInterface, SortedSetsInterface,
 };
 use fred::types::sorted_sets::Ordering;
 use fred::types::{Expiration, SetOptions, Value};
@@ -11,8 +17,10 @@ use tracing::{debug, info, warn};
 use super::actor::Actor;
 use crate::clock::now_millis;
 use crate::cluster::BusError;
-use crate::cluster::redis::keys::{self, IndexEntry, parse_index};
+use crate::cluster::redis::keys::{self, IndexEntry, Layout, parse_index};
 use crate::cluster::redis::scripts;
+use crate::cluster::redis::shards::{Pipe, Redis, Shard};
+use crate::cluster::redis::slots::slot_of;
 
 /// Commands per pipeline when writing many entries.
 const CHUNK: usize = 1_000;
@@ -27,7 +35,26 @@ fn redis_err(op: &'static str) -> impl Fn(fred::error::Error) -> BusError {
     move |e| BusError::redis(op, e)
 }
 
+/// The first error of a pipeline's results.
+fn first_error(
+    results: Vec<Result<Value, fred::error::Error>>,
+    op: &'static str,
+) -> Result<Vec<Value>, BusError> {
+    results
+        .into_iter()
+        .map(|r| r.map_err(redis_err(op)))
+        .collect()
+}
+
 impl Actor {
+    /// The command connection of the shard owning `key`.
+    fn client_for(&self, key: &str, op: &'static str) -> Result<Client, BusError> {
+        self.redis
+            .shard_of_key(key)
+            .map(|s| s.publisher.clone())
+            .ok_or(BusError::NoReply { op })
+    }
+
     /// Refreshes this node and its rooms, reads node liveness, sweeps dead nodes.
     pub(super) async fn heartbeat(&mut self) {
         if !self.health.is_synced() {
@@ -66,39 +93,52 @@ impl Actor {
             "rooms": self.registered.rooms.len(),
         })
         .to_string();
-        let pipe = self.publisher.pipeline();
-        let _: Result<(), _> = pipe
-            .zadd(
-                self.keys.nodes(),
-                None,
-                None,
-                false,
-                false,
-                (expiry as f64, node.as_str()),
-            )
-            .await;
-        let _: Result<(), _> = pipe
-            .set(
-                self.keys.node_info(&node),
-                info,
-                Some(Expiration::PX(ttl as i64)),
-                None,
-                false,
-            )
-            .await;
-        let _: Result<(), _> = pipe
-            .expire(self.keys.node_index(&node), INDEX_TTL_SECS, None)
-            .await;
-        let _: Result<(), _> = pipe
-            .sismember(self.keys.node_index(&node), keys::INDEX_MARKER)
-            .await;
-        let _: Result<(), _> = pipe
-            .zrangebyscore(self.keys.nodes(), now as f64, "+inf", false, None)
-            .await;
-        let _: Result<(), _> = pipe
-            .zrangebyscore(self.keys.nodes(), "-inf", format!("({now}"), false, None)
-            .await;
-        let mut results = pipe.try_all::<Value>().await;
+        let (nodes, info_key, index) = (
+            self.keys.nodes(),
+            self.keys.node_info(&node),
+            self.keys.node_index(&node),
+        );
+        let mut pipe = self.redis.pipe();
+        if let Some(p) = pipe.at(&nodes) {
+            let _: Result<(), _> = p
+                .zadd(
+                    &nodes,
+                    None,
+                    None,
+                    false,
+                    false,
+                    (expiry as f64, node.as_str()),
+                )
+                .await;
+        }
+        if let Some(p) = pipe.at(&info_key) {
+            let _: Result<(), _> = p
+                .set(
+                    &info_key,
+                    info,
+                    Some(Expiration::PX(ttl as i64)),
+                    None,
+                    false,
+                )
+                .await;
+        }
+        if let Some(p) = pipe.at(&index) {
+            let _: Result<(), _> = p.expire(&index, INDEX_TTL_SECS, None).await;
+        }
+        if let Some(p) = pipe.at(&index) {
+            let _: Result<(), _> = p.sismember(&index, keys::INDEX_MARKER).await;
+        }
+        if let Some(p) = pipe.at(&nodes) {
+            let _: Result<(), _> = p
+                .zrangebyscore(&nodes, now as f64, "+inf", false, None)
+                .await;
+        }
+        if let Some(p) = pipe.at(&nodes) {
+            let _: Result<(), _> = p
+                .zrangebyscore(&nodes, "-inf", format!("({now}"), false, None)
+                .await;
+        }
+        let mut results = pipe.all().await;
         let dead: Vec<String> = results
             .pop()
             .and_then(Result::ok)
@@ -124,15 +164,33 @@ impl Actor {
         Ok(Some(Beat { now, expiry }))
     }
 
-    /// Renews the host entry of every room this node has members in.
+    /// Renews the host entry of every room this node has members in. On a
+    /// Redis Cluster a shard that fails is marked for a resync of its own
+    /// (its rooms are rewritten when it is back) instead of failing the
+    /// node's heartbeat.
     async fn refresh_rooms(&mut self, expiry: u64) -> Result<(), BusError> {
         let node = self.keys.node().to_owned();
-        let mut pipe = Chunked::new(&self.publisher, "heartbeat rooms");
+        let tolerant = self.keys.layout() == Layout::Cluster;
+        let mut pipe = Chunked::new(&self.redis, "heartbeat rooms", tolerant);
+        let mut rooms = Vec::with_capacity(self.registered.rooms.len());
         for (tenant, room) in self.registered.rooms.keys() {
-            let p = pipe.next(2).await?;
-            queue_room_host(p, &self.keys, tenant, room, &node, expiry).await;
+            let hosts = self.keys.room_hosts(tenant, room);
+            if let Some(p) = pipe.next(&hosts).await? {
+                let _: Result<(), _> = p
+                    .zadd(&hosts, None, None, false, false, (expiry as f64, &*node))
+                    .await;
+            }
+            rooms.push((expiry as f64, keys::room_id(tenant, room)));
         }
-        pipe.finish().await
+        pipe.finish().await?;
+        let mut pipe = self.redis.pipe();
+        queue_room_expiries(&mut pipe, &self.keys, rooms).await;
+        for r in pipe.all().await {
+            if let Err(e) = r {
+                debug!(error = %e, "room index refresh failed; the next heartbeat retries");
+            }
+        }
+        Ok(())
     }
 
     /// One node per round sweeps the registry entries of nodes whose
@@ -146,25 +204,21 @@ impl Actor {
     async fn sweep_dead(&mut self) -> Result<(), BusError> {
         let grace = self.config.entry_ttl().as_millis() as u64 * SWEEP_GRACE_TTLS;
         let threshold = now_millis().saturating_sub(grace);
+        let nodes = self.keys.nodes();
         let sweepable: Vec<String> = self
-            .publisher
-            .zrangebyscore(
-                self.keys.nodes(),
-                "-inf",
-                format!("({threshold}"),
-                false,
-                None,
-            )
+            .client_for(&nodes, "sweep candidates")?
+            .zrangebyscore(&nodes, "-inf", format!("({threshold}"), false, None)
             .await
             .map_err(redis_err("sweep candidates"))?;
         if sweepable.is_empty() {
             return Ok(());
         }
         let lock_ms = (self.config.heartbeat.as_millis() as i64 * 2).max(1);
+        let lock = self.keys.sweeper();
         let got: Option<String> = self
-            .publisher
+            .client_for(&lock, "sweeper lock")?
             .set(
-                self.keys.sweeper(),
+                &lock,
                 self.keys.node(),
                 Some(Expiration::PX(lock_ms)),
                 Some(SetOptions::NX),
@@ -176,21 +230,28 @@ impl Actor {
             return Ok(());
         }
         // Rooms whose every host is gone (kept by no heartbeat) are garbage too.
-        let _: Result<(), _> = self
-            .publisher
-            .zremrangebyscore(self.keys.rooms(), "-inf", format!("({threshold}"))
-            .await;
+        let mut pipe = self.redis.pipe();
+        for bucket in self.keys.all_rooms() {
+            if let Some(p) = pipe.at(&bucket) {
+                let _: Result<(), _> = p
+                    .zremrangebyscore(&bucket, "-inf", format!("({threshold}"))
+                    .await;
+            }
+        }
+        let _ = pipe.all().await;
         for node in sweepable {
             if node == self.keys.node() {
                 continue;
             }
             info!(dead_node = %node, "sweeping the registry entries of a dead node");
-            self.sweep(&node).await?;
-            let _: i64 = scripts::REMOVE_DEAD_NODE
-                .evalsha_with_reload(
-                    &self.publisher,
+            self.sweep(&node, |_| true).await?;
+            self.delete_node(&node).await?;
+            let _: i64 = self
+                .redis
+                .eval(
+                    &scripts::REMOVE_DEAD_NODE,
                     vec![self.keys.nodes()],
-                    vec![node, threshold.to_string()],
+                    vec![node.into(), threshold.to_string().into()],
                 )
                 .await
                 .map_err(redis_err("sweep"))?;
@@ -198,36 +259,69 @@ impl Actor {
         Ok(())
     }
 
-    /// Removes every registry entry `node` recorded in its index.
-    pub(super) async fn sweep(&self, node: &str) -> Result<(), BusError> {
+    /// Deletes a node's index and info (two slots on a Redis Cluster).
+    async fn delete_node(&self, node: &str) -> Result<(), BusError> {
+        let mut pipe = self.redis.pipe();
+        for key in [self.keys.node_index(node), self.keys.node_info(node)] {
+            if let Some(p) = pipe.at(&key) {
+                let _: Result<(), _> = p.del(&key).await;
+            }
+        }
+        first_error(pipe.all().await, "sweep").map(drop)
+    }
+
+    /// Removes the registry entries `node` recorded in its index whose keys
+    /// `within` selects (all of them, or those of one shard).
+    pub(super) async fn sweep(
+        &self,
+        node: &str,
+        within: impl Fn(&str) -> bool,
+    ) -> Result<(), BusError> {
         let index = self.keys.node_index(node);
         let entries: Vec<String> = self
-            .publisher
+            .client_for(&index, "sweep index")?
             .smembers(&index)
             .await
             .map_err(redis_err("sweep index"))?;
         for chunk in entries.chunks(CHUNK) {
-            let pipe = self.publisher.pipeline();
+            let mut pipe = self.redis.pipe();
             let mut rooms = Vec::new();
             for entry in chunk {
                 match parse_index(entry) {
                     Some(IndexEntry::Room(t, r)) => {
                         let keys = self.keys.room_script_keys(&t, &r);
-                        scripts::queue(&pipe, &scripts::SWEEP_ROOM, keys, vec![node.into()]).await;
+                        if !within(&keys[0]) {
+                            continue;
+                        }
+                        if let Some(p) = pipe.at(&keys[0]) {
+                            scripts::queue(p, &scripts::SWEEP_ROOM, keys, vec![node.into()]).await;
+                        }
                         rooms.push(Some(keys::room_id(&t, &r)));
                     }
                     Some(IndexEntry::User(t, u)) => {
-                        let _: Result<(), _> = pipe.hdel(self.keys.user_conns(&t, &u), node).await;
+                        let key = self.keys.user_conns(&t, &u);
+                        if !within(&key) {
+                            continue;
+                        }
+                        if let Some(p) = pipe.at(&key) {
+                            let _: Result<(), _> = p.hdel(&key, node).await;
+                        }
                         rooms.push(None);
                     }
                     Some(IndexEntry::Tenant(t)) => {
-                        let _: Result<(), _> = pipe.hdel(self.keys.tenant_conns(&t), node).await;
+                        let key = self.keys.tenant_conns(&t);
+                        if !within(&key) {
+                            continue;
+                        }
+                        if let Some(p) = pipe.at(&key) {
+                            let _: Result<(), _> = p.hdel(&key, node).await;
+                        }
                         rooms.push(None);
                     }
                     None => {}
                 }
             }
-            let results = pipe.try_all::<Value>().await;
+            let results = pipe.all().await;
             let mut emptied = Vec::new();
             for (room, result) in rooms.into_iter().zip(results) {
                 match (room, result) {
@@ -236,42 +330,42 @@ impl Actor {
                     _ => {}
                 }
             }
-            if !emptied.is_empty() {
-                let _: () = self
-                    .publisher
-                    .zrem(self.keys.rooms(), emptied)
-                    .await
-                    .map_err(redis_err("sweep rooms"))?;
-            }
+            let mut pipe = self.redis.pipe();
+            queue_room_removals(&mut pipe, &self.keys, emptied).await;
+            first_error(pipe.all().await, "sweep rooms")?;
         }
-        let _: () = self
-            .publisher
-            .del(vec![index, self.keys.node_info(node)])
-            .await
-            .map_err(redis_err("sweep"))?;
         Ok(())
     }
 
     /// Rewrites this node's registry and subscriptions from its own view:
-    /// after start and after every reconnect.
+    /// after start and after every reconnect (one Redis), or when the node
+    /// was swept while alive.
+    ///
+    /// On a Redis Cluster the node-wide part (heartbeat, index) must
+    /// succeed; each shard is then resynced on its own, and a shard that
+    /// fails stays unsynced (its slots answer 503) and is retried by the
+    /// supervisor, while the others serve.
     pub(super) async fn resync(&mut self) -> Result<(), BusError> {
         self.health.set_synced(false);
-        for script in scripts::all() {
-            if let Some(lua) = script.lua() {
-                let _: Value = self
-                    .publisher
-                    .script_load(lua.to_string())
-                    .await
-                    .map_err(redis_err("script load"))?;
+        let shards = self.redis.shards();
+        for shard in &shards {
+            shard.set_synced(false);
+        }
+        let cluster = self.keys.layout() == Layout::Cluster;
+        for shard in &shards {
+            match load_scripts(shard).await {
+                Err(e) if !cluster => return Err(e),
+                _ => {}
             }
         }
         // Renew our heartbeat first, so that no sweeper takes us for dead
         // while we rewrite our entries.
         let expiry = now_millis() + self.config.entry_ttl().as_millis() as u64;
+        let nodes = self.keys.nodes();
         let _: () = self
-            .publisher
+            .client_for(&nodes, "resync heartbeat")?
             .zadd(
-                self.keys.nodes(),
+                &nodes,
                 None,
                 None,
                 false,
@@ -280,76 +374,35 @@ impl Actor {
             )
             .await
             .map_err(redis_err("resync heartbeat"))?;
-        // Subscriptions: inbox and control, then every room/tenant channel we hold.
-        self.channels.reset_subscribed();
-        self.channels.pin(self.keys.inbox(self.keys.node()));
-        self.channels.pin(self.keys.control());
-        let all = self.channels.all();
-        for batch in all.chunks(SUBSCRIBE_BATCH) {
-            self.subscriber
-                .subscribe(batch.to_vec())
-                .await
-                .map_err(redis_err("resubscribe"))?;
-            self.channels.mark_subscribed(batch);
-        }
         // Registry: purge whatever an earlier incarnation or a half-applied
-        // operation left, then write exactly our view.
+        // operation left (on a cluster, on the shards that answer), then
+        // rewrite the index; each shard's entries are rewritten below.
         let node = self.keys.node().to_owned();
-        self.sweep(&node).await?;
-        let expiry = now_millis() + self.config.entry_ttl().as_millis() as u64;
-        // The index first (a superset is safe to sweep), then the entries,
-        // in pipelines of CHUNK commands so that a node with many rooms
-        // never sends one pipeline larger than a command timeout allows.
-        let mut index = vec![keys::INDEX_MARKER.to_owned()];
-        index.extend(
-            self.registered
-                .rooms
-                .keys()
-                .map(|(t, r)| keys::index_room(t, r)),
-        );
-        index.extend(
-            self.registered
-                .users
-                .keys()
-                .map(|(t, u)| keys::index_user(t, u)),
-        );
-        index.extend(self.registered.tenants.keys().map(keys::index_tenant));
-        for chunk in index.chunks(CHUNK) {
-            let _: () = self
-                .publisher
-                .sadd(self.keys.node_index(&node), chunk.to_vec())
-                .await
-                .map_err(redis_err("re-register index"))?;
+        if cluster {
+            for shard in &shards {
+                if let Err(e) = self.sweep(&node, |k| self.redis.key_on(k, &shard.id)).await {
+                    debug!(shard = %shard.id, error = %e, "purge failed; the shard's resync retries");
+                }
+            }
+        } else {
+            self.sweep(&node, |_| true).await?;
         }
-        let mut pipe = Chunked::new(&self.publisher, "re-register");
-        for ((tenant, room), users) in &self.registered.rooms {
-            let p = pipe.next(3).await?;
-            queue_room_host(p, &self.keys, tenant, room, &node, expiry).await;
-            let fields: Vec<(String, String)> = users
-                .iter()
-                .map(|(u, n)| (format!("{node}|{u}"), n.to_string()))
-                .collect();
-            let _: Result<(), _> = p.hset(self.keys.room_members(tenant, room), fields).await;
+        self.delete_node(&node).await?;
+        self.write_index(|_| true).await?;
+        for pinned in self.keys.pinned() {
+            self.channels.pin(pinned);
         }
-        for ((tenant, user), n) in &self.registered.users {
-            let p = pipe.next(1).await?;
-            let _: Result<(), _> = p
-                .hset(
-                    self.keys.user_conns(tenant, user),
-                    (node.as_str(), n.to_string()),
-                )
-                .await;
+        for shard in &shards {
+            shard.take_moved();
+            let on = self.on_shard(shard);
+            match self.rewrite(shard, on).await {
+                Ok(()) => shard.set_synced(true),
+                Err(e) if cluster => {
+                    warn!(shard = %shard.id, error = %e, "resync of a redis shard failed; retrying it alone");
+                }
+                Err(e) => return Err(e),
+            }
         }
-        for (tenant, n) in &self.registered.tenants {
-            let p = pipe.next(1).await?;
-            let _: Result<(), _> = p
-                .hset(
-                    self.keys.tenant_conns(tenant),
-                    (node.as_str(), n.to_string()),
-                )
-                .await;
-        }
-        pipe.finish().await?;
         self.health.set_synced(true);
         // Node entries and liveness; the rooms were just written.
         if let Some(beat) = self.beat_node().await? {
@@ -364,16 +417,190 @@ impl Actor {
         Ok(())
     }
 
+    /// Redis Cluster: resubscribes and rewrites what lives on one shard
+    /// (after it reconnected, was promoted, or took slots over). Entries of
+    /// its slots are purged first, so that what a failover lost or kept
+    /// stale is replaced by the node's view.
+    pub(super) async fn resync_shard(&mut self, id: &str) -> Result<(), BusError> {
+        let Some(shard) = self.redis.shard(id) else {
+            return Ok(()); // no longer a primary; its slots' new owner resyncs
+        };
+        shard.set_synced(false);
+        shard.take_moved();
+        load_scripts(&shard).await?;
+        let node = self.keys.node().to_owned();
+        self.sweep(&node, |k| self.redis.key_on(k, id)).await?;
+        if self.redis.key_on(&self.keys.node_index(&node), id) {
+            self.write_index(|_| true).await?;
+        }
+        let on = self.on_shard(&shard);
+        self.rewrite(&shard, on).await?;
+        shard.set_synced(true);
+        crate::metrics::shard_resynced();
+        info!(shard = %id, "resubscribed and re-registered on a redis shard");
+        Ok(())
+    }
+
+    /// Redis Cluster: slots a shard took over by a migration. Their keys
+    /// arrived intact, so nothing is purged; their channels are subscribed
+    /// on the new owner (the old one dropped them, telling only with a
+    /// pushed `sunsubscribe`) and the node's entries there are rewritten.
+    /// The shard's other slots are not touched and keep serving.
+    pub(super) async fn resync_slots(
+        &mut self,
+        id: &str,
+        slots: &std::collections::BTreeSet<u16>,
+    ) -> Result<(), BusError> {
+        let Some(shard) = self.redis.shard(id) else {
+            return Ok(());
+        };
+        load_scripts(&shard).await?;
+        self.rewrite(&shard, |k: &str| slots.contains(&slot_of(k)))
+            .await?;
+        crate::metrics::shard_resynced();
+        info!(shard = %id, slots = slots.len(), "resubscribed and re-registered moved redis slots");
+        Ok(())
+    }
+
+    /// Selects the keys and channels living on `shard` (all of them on one
+    /// Redis).
+    fn on_shard(&self, shard: &Shard) -> impl Fn(&str) -> bool + use<> {
+        let redis = self.redis.clone();
+        let cluster = self.keys.layout() == Layout::Cluster;
+        let id = shard.id.clone();
+        move |key: &str| !cluster || redis.key_on(key, &id)
+    }
+
+    /// Adds every entry of the node's view to its index (a superset is safe).
+    async fn write_index(&self, within: impl Fn(&str) -> bool) -> Result<(), BusError> {
+        let node = self.keys.node();
+        let mut index = vec![keys::INDEX_MARKER.to_owned()];
+        index.extend(
+            self.registered
+                .rooms
+                .keys()
+                .map(|(t, r)| keys::index_room(t, r)),
+        );
+        index.extend(
+            self.registered
+                .users
+                .keys()
+                .map(|(t, u)| keys::index_user(t, u)),
+        );
+        index.extend(self.registered.tenants.keys().map(keys::index_tenant));
+        let key = self.keys.node_index(node);
+        if !within(&key) {
+            return Ok(());
+        }
+        let client = self.client_for(&key, "re-register index")?;
+        for chunk in index.chunks(CHUNK) {
+            let _: () = client
+                .sadd(&key, chunk.to_vec())
+                .await
+                .map_err(redis_err("re-register index"))?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes the channels and writes the entries of the node's view
+    /// that `on` selects, on `shard` (with its probe channel). On one Redis
+    /// the one shard holds everything.
+    async fn rewrite(&mut self, shard: &Shard, on: impl Fn(&str) -> bool) -> Result<(), BusError> {
+        // Subscriptions before entries: a node hears a room before it
+        // registers as its host.
+        self.channels.reset_subscribed(&on);
+        let mut wanted = self.channels.all(&on);
+        if let Some(tag) = shard.probe_tag() {
+            wanted.push(self.keys.probe_channel(&tag));
+        }
+        for batch in wanted.chunks(SUBSCRIBE_BATCH) {
+            let (done, failed) = self.redis.subscribe(batch).await;
+            self.channels.mark_subscribed(&done);
+            if let Some(e) = failed {
+                return Err(BusError::redis("resubscribe", e));
+            }
+        }
+        let node = self.keys.node().to_owned();
+        let expiry = now_millis() + self.config.entry_ttl().as_millis() as u64;
+        let mut pipe = Chunked::new(&self.redis, "re-register", false);
+        let mut rooms = Vec::new();
+        for ((tenant, room), users) in &self.registered.rooms {
+            let hosts = self.keys.room_hosts(tenant, room);
+            if !on(&hosts) {
+                continue;
+            }
+            if let Some(p) = pipe.next(&hosts).await? {
+                let _: Result<(), _> = p
+                    .zadd(&hosts, None, None, false, false, (expiry as f64, &*node))
+                    .await;
+            }
+            let members = self.keys.room_members(tenant, room);
+            let fields: Vec<(String, String)> = users
+                .iter()
+                .map(|(u, n)| (format!("{node}|{u}"), n.to_string()))
+                .collect();
+            if let Some(p) = pipe.next(&members).await? {
+                let _: Result<(), _> = p.hset(&members, fields).await;
+            }
+            rooms.push((expiry as f64, keys::room_id(tenant, room)));
+        }
+        for ((tenant, user), n) in &self.registered.users {
+            let key = self.keys.user_conns(tenant, user);
+            if !on(&key) {
+                continue;
+            }
+            if let Some(p) = pipe.next(&key).await? {
+                let _: Result<(), _> = p.hset(&key, (node.as_str(), n.to_string())).await;
+            }
+        }
+        for (tenant, n) in &self.registered.tenants {
+            let key = self.keys.tenant_conns(tenant);
+            if !on(&key) {
+                continue;
+            }
+            if let Some(p) = pipe.next(&key).await? {
+                let _: Result<(), _> = p.hset(&key, (node.as_str(), n.to_string())).await;
+            }
+        }
+        pipe.finish().await?;
+        let mut pipe = self.redis.pipe();
+        queue_room_expiries(&mut pipe, &self.keys, rooms).await;
+        first_error(pipe.all().await, "re-register rooms")?;
+        Ok(())
+    }
+
     /// Removes this node from the cluster (drain): its entries, then itself.
     pub(super) async fn deregister(&mut self) {
         let node = self.keys.node().to_owned();
-        if let Err(e) = self.sweep(&node).await {
+        let swept = match self.sweep(&node, |_| true).await {
+            Ok(()) => self.delete_node(&node).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = swept {
             warn!(error = %e, "deregistration incomplete; entries expire with the heartbeat TTL");
         }
-        let _: Result<(), _> = self.publisher.zrem(self.keys.nodes(), node.as_str()).await;
-        let _: Result<(), _> = self.subscriber.unsubscribe(Vec::<String>::new()).await;
+        let nodes = self.keys.nodes();
+        if let Ok(client) = self.client_for(&nodes, "deregister") {
+            let _: Result<(), _> = client.zrem(&nodes, node.as_str()).await;
+        }
+        self.redis.unsubscribe_all().await;
         self.health.set_synced(false);
     }
+}
+
+/// Loads every script on one shard (scripts are not replicated: a promoted
+/// replica, or a Redis restarted empty, has none).
+async fn load_scripts(shard: &Shard) -> Result<(), BusError> {
+    for script in scripts::all() {
+        if let Some(lua) = script.lua() {
+            let _: Value = shard
+                .publisher
+                .script_load(lua.to_string())
+                .await
+                .map_err(redis_err("script load"))?;
+        }
+    }
+    Ok(())
 }
 
 /// When a heartbeat ran, and until when its entries hold.
@@ -382,103 +609,119 @@ struct Beat {
     expiry: u64,
 }
 
-/// Queues "this node hosts the room until `expiry`": the room's host entry,
-/// and the room in the cluster's room set (whose score only moves up, as
-/// several nodes renew it).
-async fn queue_room_host<C: SortedSetsInterface + Sync>(
-    p: &C,
-    keyspace: &keys::Keyspace,
-    tenant: &fanout_protocol::Name,
-    room: &fanout_protocol::Name,
-    node: &str,
-    expiry: u64,
-) {
-    let _: Result<(), _> = p
-        .zadd(
-            keyspace.room_hosts(tenant, room),
-            None,
-            None,
-            false,
-            false,
-            (expiry as f64, node),
-        )
-        .await;
-    queue_room_expiries(
-        p,
-        keyspace,
-        vec![(expiry as f64, keys::room_id(tenant, room))],
-    )
-    .await;
-}
-
-/// Queues the expiry of rooms in the cluster's room set (never lowering one).
-pub(super) async fn queue_room_expiries<C: SortedSetsInterface + Sync>(
-    p: &C,
+/// Queues the expiry of rooms in the cluster's room index (never lowering
+/// one): one command per index key.
+pub(super) async fn queue_room_expiries(
+    pipe: &mut Pipe,
     keyspace: &keys::Keyspace,
     rooms: Vec<(f64, String)>,
 ) {
-    let _: Result<(), _> = p
-        .zadd(
-            keyspace.rooms(),
-            None,
-            Some(Ordering::GreaterThan),
-            false,
-            false,
-            rooms,
-        )
-        .await;
+    for (key, members) in by_room_key(keyspace, rooms, |(_, id)| id) {
+        if let Some(p) = pipe.at(&key) {
+            let _: Result<(), _> = p
+                .zadd(
+                    &key,
+                    None,
+                    Some(Ordering::GreaterThan),
+                    false,
+                    false,
+                    members,
+                )
+                .await;
+        }
+    }
+}
+
+/// Queues the removal of rooms from the cluster's room index.
+pub(super) async fn queue_room_removals(
+    pipe: &mut Pipe,
+    keyspace: &keys::Keyspace,
+    rooms: Vec<String>,
+) {
+    for (key, members) in by_room_key(keyspace, rooms, |id| id) {
+        if let Some(p) = pipe.at(&key) {
+            let _: Result<(), _> = p.zrem(&key, members).await;
+        }
+    }
+}
+
+/// Rooms grouped by the room index key each belongs in.
+fn by_room_key<T>(
+    keyspace: &keys::Keyspace,
+    rooms: Vec<T>,
+    id: impl Fn(&T) -> &String,
+) -> Vec<(String, Vec<T>)> {
+    let mut groups: Vec<(String, Vec<T>)> = Vec::new();
+    for room in rooms {
+        let key = keyspace.rooms(id(&room));
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(room),
+            None => groups.push((key, vec![room])),
+        }
+    }
+    groups
 }
 
 /// A pipeline that is sent once it holds about `CHUNK` commands, so that a
 /// node with many rooms never sends one pipeline larger than a command
 /// timeout allows.
+///
+/// `tolerant` (heartbeats on a Redis Cluster): a failed command marks its
+/// key's shard for a resync of its own instead of failing the whole.
 struct Chunked<'a> {
-    client: &'a fred::clients::Client,
-    pipe: fred::clients::Pipeline<fred::clients::Client>,
-    commands: usize,
+    redis: &'a Redis,
+    pipe: Pipe,
+    /// The key of each queued command (to find a failed command's shard).
+    keys: Vec<String>,
     /// Names the work in errors.
     what: &'static str,
+    tolerant: bool,
 }
 
 impl<'a> Chunked<'a> {
-    fn new(client: &'a fred::clients::Client, what: &'static str) -> Self {
+    fn new(redis: &'a Redis, what: &'static str, tolerant: bool) -> Self {
         Self {
-            client,
-            pipe: client.pipeline(),
-            commands: 0,
+            redis,
+            pipe: redis.pipe(),
+            keys: Vec::new(),
             what,
+            tolerant,
         }
     }
 
-    /// The pipeline to queue the next `commands` commands on (sending the
-    /// current one first when they would not fit).
+    /// The pipeline to queue the next command on `key` on (sending the
+    /// current one first when full). `None` when no shard owns the key:
+    /// that command counts as failed.
     async fn next(
         &mut self,
-        commands: usize,
-    ) -> Result<&fred::clients::Pipeline<fred::clients::Client>, BusError> {
-        if self.commands > 0 && self.commands + commands > CHUNK {
+        key: &str,
+    ) -> Result<Option<&fred::clients::Pipeline<Client>>, BusError> {
+        if self.keys.len() >= CHUNK {
             self.send().await?;
         }
-        self.commands += commands;
-        Ok(&self.pipe)
+        self.keys.push(key.to_owned());
+        Ok(self.pipe.at(key))
     }
 
     async fn send(&mut self) -> Result<(), BusError> {
-        let pipe = std::mem::replace(&mut self.pipe, self.client.pipeline());
-        self.commands = 0;
-        match pipe
-            .try_all::<Value>()
-            .await
-            .into_iter()
-            .find(Result::is_err)
-        {
-            Some(Err(e)) => Err(BusError::redis(self.what, e)),
-            _ => Ok(()),
+        let pipe = std::mem::replace(&mut self.pipe, self.redis.pipe());
+        let keys = std::mem::take(&mut self.keys);
+        for (key, r) in keys.iter().zip(pipe.all().await) {
+            let Err(e) = r else { continue };
+            if !self.tolerant {
+                return Err(BusError::redis(self.what, e));
+            }
+            debug!(error = %e, what = self.what, "a redis shard failed; resyncing it");
+            if let Some(shard) = self.redis.shard_of_key(key) {
+                shard.set_synced(false);
+            }
+            self.redis.mark_stale();
         }
+        Ok(())
     }
 
     async fn finish(mut self) -> Result<(), BusError> {
-        if self.commands > 0 {
+        if !self.keys.is_empty() {
             self.send().await?;
         }
         Ok(())
