@@ -509,9 +509,14 @@ impl Actor {
         // Subscriptions before entries: a node hears a room before it
         // registers as its host.
         self.channels.reset_subscribed(&on);
-        let mut wanted = self.channels.all(&on);
+        let wanted = self.channels.all(&on);
         if let Some(tag) = shard.probe_tag() {
-            wanted.push(self.keys.probe_channel(&tag));
+            // Not one of `channels` (which would let it linger out): the
+            // probe channel lives as long as the shard.
+            let probe = [self.keys.probe_channel(&tag)];
+            if let (_, Some(e)) = self.redis.subscribe(&probe).await {
+                return Err(BusError::redis("resubscribe", e));
+            }
         }
         for batch in wanted.chunks(SUBSCRIBE_BATCH) {
             let (done, failed) = self.redis.subscribe(batch).await;
