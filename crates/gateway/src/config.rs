@@ -99,6 +99,31 @@ mod tests {
     }
 
     #[test]
+    fn redis_urls_name_one_redis_or_a_cluster_and_never_tls_we_cannot_do() {
+        let redis = |body: &str| Config::from_toml_str(&format!("[redis]\n{body}"));
+        assert!(redis("url = \"redis://127.0.0.1:6379\"").is_ok());
+        assert!(redis("url = \"redis-cluster://127.0.0.1:7001?node=127.0.0.1:7002\"").is_ok());
+        for url in ["rediss://h:6379", "rediss-cluster://h:7001"] {
+            let err = redis(&format!("url = \"{url}\"")).unwrap_err().to_string();
+            assert!(err.contains("redis.url") && err.contains("TLS"), "{err}");
+        }
+        let err = redis("url = \"http://h\"").unwrap_err().to_string();
+        assert!(err.contains("redis-cluster://"), "{err}");
+        // On a cluster a dying primary may hold a registry command for the
+        // command timeout; heartbeats must still land within 3 beats.
+        let err = redis(
+            "url = \"redis-cluster://h:7001\"\nheartbeat = \"500ms\"\ncommand_timeout = \"1s\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("redis.command_timeout"), "{err}");
+        assert!(
+            redis("url = \"redis://h:6379\"\nheartbeat = \"500ms\"\ncommand_timeout = \"1s\"")
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn wrong_types_name_the_field() {
         let err = Config::from_toml_str("[limits]\nmax_frame_bytes = \"big\"")
             .unwrap_err()

@@ -55,6 +55,11 @@ pub const PROBE_FAILURES: &str = "fanout_probe_failures_total";
 /// Redis Cluster: resubscribes and re-registrations of one shard's slots
 /// (the shard reconnected, was promoted, took slots over, or lost a probe).
 pub const SHARD_RESYNCS: &str = "fanout_redis_shard_resyncs_total";
+/// Redis Cluster: windows during which some of a shard's subscriptions
+/// were not in place (from its reconnect, promotion or slot move to its
+/// resync), in seconds: messages published into its slots then were lost
+/// for this node's members (rooms with history repair them).
+pub const SHARD_GAP_SECONDS: &str = "fanout_redis_shard_gap_seconds";
 /// Redis Cluster: failed reads of the slot map.
 pub const TOPOLOGY_REFRESH_FAILURES: &str = "fanout_redis_topology_refresh_failures_total";
 /// Live nodes in the cluster as this node sees them.
@@ -108,6 +113,12 @@ pub fn install() -> PrometheusHandle {
                             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                             5.0,
                         ],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(SHARD_GAP_SECONDS.into()),
+                        &[0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
                     )
                 })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
@@ -202,6 +213,10 @@ pub(crate) fn probe_failed() {
 
 pub(crate) fn shard_resynced() {
     counter!(SHARD_RESYNCS).increment(1);
+}
+
+pub(crate) fn shard_gap(d: std::time::Duration) {
+    histogram!(SHARD_GAP_SECONDS).record(d.as_secs_f64());
 }
 
 pub(crate) fn redis_topology_refresh_failed() {

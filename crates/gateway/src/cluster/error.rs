@@ -28,6 +28,15 @@ pub enum NotReady {
     /// Heartbeats fail (the cause), so other nodes will soon take this one for dead.
     #[error("redis heartbeat failing: {0}")]
     HeartbeatFailing(String),
+    /// The last heartbeat is older than the registry TTL (it is late: the
+    /// registry actor is held up), so other nodes may take this one for dead.
+    #[error("redis heartbeat is {age_ms} ms old (entries live {ttl_ms} ms)")]
+    HeartbeatStale {
+        /// Age of the last successful heartbeat.
+        age_ms: u64,
+        /// `3 × redis.heartbeat`.
+        ttl_ms: u64,
+    },
     /// Redis Cluster: the primary owning the slot is unreachable (a failover
     /// is likely under way); other slots are served.
     #[error("redis shard {shard} owning this slot is unreachable")]
@@ -72,6 +81,16 @@ pub enum BusError {
         #[source]
         source: fred::error::Error,
     },
+    /// Redis Cluster: the slot is being migrated and the command needs keys
+    /// that are not all on one side yet (`TRYAGAIN`; a room created in a
+    /// slot whose migration is open); it did not run. Retry shortly.
+    #[error(
+        "cluster bus unavailable: the redis slot of this {op} is being migrated; retry shortly"
+    )]
+    SlotMigrating {
+        /// What was asked.
+        op: &'static str,
+    },
     /// A pipelined command got no reply at all.
     #[error("cluster bus unavailable: no reply from redis to {op}")]
     NoReply {
@@ -102,6 +121,8 @@ impl BusError {
     pub fn redis(op: &'static str, source: fred::error::Error) -> Self {
         if *source.kind() == fred::error::ErrorKind::Timeout {
             BusError::Timeout { op }
+        } else if source.details().contains("TRYAGAIN") {
+            BusError::SlotMigrating { op }
         } else {
             BusError::Redis { op, source }
         }

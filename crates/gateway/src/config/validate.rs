@@ -248,6 +248,16 @@ fn validate_redis(r: &RedisConfig) -> Result<(), ConfigError> {
             return Err(invalid(field, "must be greater than zero"));
         }
     }
+    if r.url.starts_with("redis-cluster://") && r.command_timeout >= r.heartbeat * 2 {
+        // One primary dying with a registry command in flight holds the
+        // registry actor for the command timeout; the next heartbeat must
+        // still land within the entry TTL (3 beats), or every node turns
+        // unready and is taken for dead by the others.
+        return Err(invalid(
+            "redis.command_timeout",
+            "must be below twice redis.heartbeat on a Redis Cluster (a dying primary may hold a registry command that long, and heartbeats must keep landing within 3 beats)",
+        ));
+    }
     if r.direct_max_nodes == 0 {
         return Err(invalid("redis.direct_max_nodes", "must be at least 1"));
     }

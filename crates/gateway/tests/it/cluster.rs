@@ -1,6 +1,8 @@
 //! Cluster mode over Redis (issue 3, tests 1, 4 and 6): several nodes on one
-//! real `redis-server` behave as one system. Hybrid routing (test 2) is in
-//! `cluster_routing.rs`; faults and expiry (tests 3, 5) in `cluster_faults.rs`.
+//! real `redis-server`, or on a Redis Cluster (issue 12), behave as one
+//! system. Every scenario runs on both (`backend_support.rs`). Hybrid
+//! routing (test 2) is in `cluster_routing.rs`; faults and expiry (tests 3,
+//! 5) in `cluster_faults.rs`.
 
 use std::time::Duration;
 
@@ -8,11 +10,12 @@ use fanout_protocol::Codec;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};
 
+use crate::backend_support::{RedisBackend, on_both_backends};
 use crate::cluster_support::{
     ClusterNode, QUIET, any_room, expect_all_silent, members, recv_messages, spawn_cluster,
     spawn_node, wait_for_cluster,
 };
-use crate::redis_support::{RedisServer, eventually_eq};
+use crate::redis_support::eventually_eq;
 use crate::support::{Client, Event, WAIT};
 
 /// Each client receives exactly one message, with `id`; returns them.
@@ -28,10 +31,16 @@ async fn each_once(clients: &mut [&mut Client], id: &str) -> Vec<Value> {
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn room_user_and_tenant_sends_through_any_node_reach_each_connection_once() {
-    let redis = RedisServer::start().await;
-    let nodes = spawn_cluster(&redis, 3, |_| {}).await;
+on_both_backends!(
+    room_user_and_tenant_sends_through_any_node_reach_each_connection_once =>
+    room_user_and_tenant_sends_through_any_node_reach_each_connection_once_on_one_redis,
+    room_user_and_tenant_sends_through_any_node_reach_each_connection_once_on_redis_cluster
+);
+
+async fn room_user_and_tenant_sends_through_any_node_reach_each_connection_once(
+    backend: RedisBackend,
+) {
+    let nodes = spawn_cluster(&backend.url(), 3, |_| {}).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
 
     // Room: the member is on A, the backend calls C.
@@ -98,10 +107,14 @@ async fn room_user_and_tenant_sends_through_any_node_reach_each_connection_once(
     expect_all_silent(&mut [&mut globex, &mut u42g], QUIET).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn disconnect_user_through_any_node_closes_the_user_on_every_node() {
-    let redis = RedisServer::start().await;
-    let nodes = spawn_cluster(&redis, 3, |_| {}).await;
+on_both_backends!(
+    disconnect_user_through_any_node_closes_the_user_on_every_node =>
+    disconnect_user_through_any_node_closes_the_user_on_every_node_on_one_redis,
+    disconnect_user_through_any_node_closes_the_user_on_every_node_on_redis_cluster
+);
+
+async fn disconnect_user_through_any_node_closes_the_user_on_every_node(backend: RedisBackend) {
+    let nodes = spawn_cluster(&backend.url(), 3, |_| {}).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut u1a = a.connect(&any_room("u1", "acme")).await;
     let mut u1b = b.connect(&any_room("u1", "acme")).await;
@@ -117,10 +130,14 @@ async fn disconnect_user_through_any_node_closes_the_user_on_every_node() {
     u1g.assert_alive().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn join_and_leave_events_are_cluster_wide() {
-    let redis = RedisServer::start().await;
-    let nodes = spawn_cluster(&redis, 3, |_| {}).await;
+on_both_backends!(
+    join_and_leave_events_are_cluster_wide =>
+    join_and_leave_events_are_cluster_wide_on_one_redis,
+    join_and_leave_events_are_cluster_wide_on_redis_cluster
+);
+
+async fn join_and_leave_events_are_cluster_wide(backend: RedisBackend) {
+    let nodes = spawn_cluster(&backend.url(), 3, |_| {}).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut watcher = a.connect(&any_room("w", "acme")).await;
     let sub = json!({"type":"subscribe","room":"lobby","presence_events":true});
@@ -150,10 +167,14 @@ fn assert_refused(first: &Event, code: u16) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn user_connection_limit_holds_across_nodes() {
-    let redis = RedisServer::start().await;
-    let nodes = spawn_cluster(&redis, 3, |c| c.limits.max_connections_per_user = 4).await;
+on_both_backends!(
+    user_connection_limit_holds_across_nodes =>
+    user_connection_limit_holds_across_nodes_on_one_redis,
+    user_connection_limit_holds_across_nodes_on_redis_cluster
+);
+
+async fn user_connection_limit_holds_across_nodes(backend: RedisBackend) {
+    let nodes = spawn_cluster(&backend.url(), 3, |c| c.limits.max_connections_per_user = 4).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let u1 = any_room("u1", "acme");
     let mut held = vec![a.connect(&u1).await, a.connect(&u1).await];
@@ -189,10 +210,17 @@ async fn user_connection_limit_holds_across_nodes() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tenant_connection_limit_holds_across_nodes() {
-    let redis = RedisServer::start().await;
-    let nodes = spawn_cluster(&redis, 3, |c| c.limits.max_connections_per_tenant = 3).await;
+on_both_backends!(
+    tenant_connection_limit_holds_across_nodes =>
+    tenant_connection_limit_holds_across_nodes_on_one_redis,
+    tenant_connection_limit_holds_across_nodes_on_redis_cluster
+);
+
+async fn tenant_connection_limit_holds_across_nodes(backend: RedisBackend) {
+    let nodes = spawn_cluster(&backend.url(), 3, |c| {
+        c.limits.max_connections_per_tenant = 3
+    })
+    .await;
     let mut held = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         held.push(node.connect(&any_room(&format!("u{i}"), "globex")).await);
@@ -204,12 +232,16 @@ async fn tenant_connection_limit_holds_across_nodes() {
     let _other = nodes[0].connect(&any_room("u9", "acme")).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nodes_with_different_prefixes_on_one_redis_never_meet() {
-    let redis = RedisServer::start().await;
+on_both_backends!(
+    nodes_with_different_prefixes_never_meet =>
+    nodes_with_different_prefixes_never_meet_on_one_redis,
+    nodes_with_different_prefixes_never_meet_on_redis_cluster
+);
+
+async fn nodes_with_different_prefixes_never_meet(backend: RedisBackend) {
     let one_conn = |c: &mut fanout_gateway::Config| c.limits.max_connections_per_user = 1;
-    let p = spawn_node(&redis.url(), "alpha", "alpha-0", one_conn).await;
-    let q = spawn_node(&redis.url(), "beta", "beta-0", one_conn).await;
+    let p = spawn_node(&backend.url(), "alpha", "alpha-0", one_conn).await;
+    let q = spawn_node(&backend.url(), "beta", "beta-0", one_conn).await;
     wait_for_cluster(&p, 1).await;
     wait_for_cluster(&q, 1).await;
 
@@ -262,9 +294,8 @@ async fn nodes_with_different_prefixes_on_one_redis_never_meet() {
     qa.assert_alive().await;
 
     // Every key and channel either cluster wrote carries its prefix.
-    let keys = redis.command(&["KEYS", "*"]).await;
-    let mut channels = redis.command(&["PUBSUB", "CHANNELS", "*"]).await;
-    channels.extend(redis.command(&["PUBSUB", "SHARDCHANNELS", "*"]).await);
+    let keys = backend.all_keys().await;
+    let channels = backend.all_channels().await;
     let of = |prefix: &str, name: &str| name.trim_start_matches('{').starts_with(prefix);
     for name in keys.iter().chain(&channels) {
         assert!(
@@ -284,10 +315,14 @@ async fn nodes_with_different_prefixes_on_one_redis_never_meet() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_connects_across_nodes_never_overshoot_the_user_limit() {
-    let redis = RedisServer::start().await;
-    let nodes = spawn_cluster(&redis, 3, |c| c.limits.max_connections_per_user = 4).await;
+on_both_backends!(
+    concurrent_connects_across_nodes_never_overshoot_the_user_limit =>
+    concurrent_connects_across_nodes_never_overshoot_the_user_limit_on_one_redis,
+    concurrent_connects_across_nodes_never_overshoot_the_user_limit_on_redis_cluster
+);
+
+async fn concurrent_connects_across_nodes_never_overshoot_the_user_limit(backend: RedisBackend) {
+    let nodes = spawn_cluster(&backend.url(), 3, |c| c.limits.max_connections_per_user = 4).await;
     let u1 = any_room("u1", "acme");
     // Twelve connects at once, four through each node.
     let attempts = (0..12).map(|i| {

@@ -1,6 +1,8 @@
 //! Cluster mode over Redis (issue 3, tests 3 and 5, and Redis down at start):
-//! cluster-wide presence and stats, a SIGKILLed node expiring after its TTL,
-//! and Redis outages while clients stay connected.
+//! cluster-wide presence and stats, a SIGKILLed node expiring after its TTL
+//! (on one Redis and on a Redis Cluster), and outages of one Redis while
+//! clients stay connected (a Redis Cluster's failovers are in
+//! `redis_cluster_failover.rs`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -8,10 +10,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};
 
+use crate::backend_support::{RedisBackend, on_both_backends};
 use crate::cluster_support::{
     ClusterNode, HEARTBEAT, PREFIX, ProcessNode, QUIET, READY_WAIT, any_room, expect_all_silent,
-    members, recv_messages, redis_toml, request_keeping, seq_of, spawn_cluster, spawn_node,
-    wait_for_cluster,
+    heartbeat_for, members, recv_messages, redis_toml, request_keeping, seq_of, spawn_cluster,
+    spawn_node, wait_for_cluster,
 };
 use crate::redis_support::{RedisServer, eventually, eventually_eq, free_port};
 use crate::support::{Client, WAIT};
@@ -30,12 +33,19 @@ async fn ws_presence(c: &mut Client, room: &str) -> Value {
     reply["members"].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn presence_and_stats_agree_everywhere_and_a_sigkilled_node_expires_after_its_ttl() {
-    let redis = RedisServer::start().await;
-    let a = spawn_node(&redis.url(), PREFIX, "node-a", |_| {}).await;
-    let b = spawn_node(&redis.url(), PREFIX, "node-b", |_| {}).await;
-    let mut c = ProcessNode::spawn(&redis_toml(&redis.url(), PREFIX)).await;
+on_both_backends!(
+    presence_and_stats_agree_everywhere_and_a_sigkilled_node_expires_after_its_ttl =>
+    presence_and_stats_agree_everywhere_and_a_sigkilled_node_expires_after_its_ttl_on_one_redis,
+    presence_and_stats_agree_everywhere_and_a_sigkilled_node_expires_after_its_ttl_on_redis_cluster
+);
+
+async fn presence_and_stats_agree_everywhere_and_a_sigkilled_node_expires_after_its_ttl(
+    backend: RedisBackend,
+) {
+    let url = backend.url();
+    let a = spawn_node(&url, PREFIX, "node-a", |_| {}).await;
+    let b = spawn_node(&url, PREFIX, "node-b", |_| {}).await;
+    let mut c = ProcessNode::spawn(&redis_toml(&url, PREFIX)).await;
     for n in [a.addr, b.addr, c.addr] {
         wait_for_cluster(&n, 3).await;
     }
@@ -68,7 +78,8 @@ async fn presence_and_stats_agree_everywhere_and_a_sigkilled_node_expires_after_
     assert_eq!(a.presence("globex", "lobby").await, members(&[("u1", 1)]));
 
     // Live nodes never lapse: over several TTLs everything stays put.
-    let ttl = HEARTBEAT * 3;
+    let heartbeat = heartbeat_for(&url);
+    let ttl = heartbeat * 3;
     let until = Instant::now() + ttl * 4;
     while Instant::now() < until {
         assert_eq!(
@@ -77,7 +88,7 @@ async fn presence_and_stats_agree_everywhere_and_a_sigkilled_node_expires_after_
             "a live node lapsed"
         );
         assert_eq!(cluster_counts(&b.stats().await), full, "a live node lapsed");
-        sleep(HEARTBEAT / 2).await;
+        sleep(heartbeat / 2).await;
     }
 
     // C dies without any cleanup: after its TTL it is gone from A and B.
@@ -145,7 +156,7 @@ async fn all_ready(nodes: &[impl ClusterNode], status: u16) -> bool {
 /// Redis goes away mid-stream (SIGKILL or SIGTERM) and comes back empty on the same port.
 async fn redis_outage_mid_stream(hard: bool) {
     let mut redis = RedisServer::start().await;
-    let nodes = spawn_cluster(&redis, 3, |_| {}).await;
+    let nodes = spawn_cluster(&redis.url(), 3, |_| {}).await;
     let mut clients = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         clients.push(n.member(&format!("u{i}"), "acme", "lobby").await);

@@ -1,4 +1,5 @@
-//! Cluster test harness, part 2: several nodes against one Redis.
+//! Cluster test harness, part 2: several nodes against one Redis (or one
+//! Redis Cluster: see `backend_support.rs`).
 //!
 //! In-process nodes are plain [`TestServer`]s with a `[redis]` section;
 //! out-of-process nodes ([`ProcessNode`]) run the real `fanout` binary so a
@@ -19,12 +20,16 @@ use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};
 
 use crate::redis_support::{
-    POLL, RedisServer, TempDir, eventually, eventually_eq, free_port, log_tail, signal, wait_exit,
+    POLL, TempDir, eventually, eventually_eq, free_port, log_tail, signal, wait_exit,
 };
 use crate::support::{ACME_KEY, API_KEY, Client, Event, SECRET, TestServer, TokenSpec, WAIT};
 
 /// Heartbeat of test nodes: registry entries live for three of them.
 pub const HEARTBEAT: Duration = Duration::from_millis(200);
+/// Heartbeat of test nodes on a Redis Cluster, where the command timeout
+/// must stay below two beats (a dying primary may hold a registry command
+/// that long, and the next beat must still land within the entry TTL).
+pub const CLUSTER_HEARTBEAT: Duration = Duration::from_millis(600);
 /// Redis command timeout of test nodes (a publish Redis cannot take answers 503 after it).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Prefix used by tests that run a single cluster.
@@ -39,12 +44,21 @@ pub fn any_room(sub: &str, tenant: &str) -> TokenSpec {
     TokenSpec::new(sub, tenant, &["*"])
 }
 
+/// The heartbeat of test nodes on the Redis (Cluster) at `url`.
+pub fn heartbeat_for(url: &str) -> Duration {
+    if url.starts_with("redis-cluster://") {
+        CLUSTER_HEARTBEAT
+    } else {
+        HEARTBEAT
+    }
+}
+
 /// The `[redis]` section of test nodes.
 pub fn redis_config(url: &str, prefix: &str) -> RedisConfig {
     RedisConfig {
         url: url.into(),
         prefix: prefix.into(),
-        heartbeat: HEARTBEAT,
+        heartbeat: heartbeat_for(url),
         command_timeout: COMMAND_TIMEOUT,
         probe_interval: Duration::from_secs(1),
         channel_linger: Duration::from_secs(1),
@@ -82,16 +96,17 @@ pub async fn spawn_node(
     .await
 }
 
-/// Starts `n` in-process nodes (`node-0`, …) on `redis` with [`PREFIX`],
-/// each changed by `tweak`, and waits until every one is ready and sees all `n`.
+/// Starts `n` in-process nodes (`node-0`, …) on the Redis (or Redis
+/// Cluster) at `redis_url` with [`PREFIX`], each changed by `tweak`, and
+/// waits until every one is ready and sees all `n`.
 pub async fn spawn_cluster(
-    redis: &RedisServer,
+    redis_url: &str,
     n: usize,
     tweak: impl Fn(&mut Config),
 ) -> Vec<TestServer> {
     let mut nodes = Vec::new();
     for i in 0..n {
-        nodes.push(spawn_node(&redis.url(), PREFIX, &format!("node-{i}"), &tweak).await);
+        nodes.push(spawn_node(redis_url, PREFIX, &format!("node-{i}"), &tweak).await);
     }
     for node in &nodes {
         wait_for_cluster(node, n as u64).await;
@@ -256,23 +271,37 @@ impl ProcessNode {
     /// Starts the binary with the test auth and API keys plus `extra_toml`
     /// (tables such as `[redis]` or `[limits]`), and waits for `/readyz` 200.
     pub async fn spawn(extra_toml: &str) -> Self {
-        let node = Self::spawn_unready(extra_toml).await;
-        let ready = eventually(READY_WAIT, async || node.readyz().await.0 == 200).await;
+        Self::launch(None, extra_toml).await.until_ready().await
+    }
+
+    /// Like [`ProcessNode::spawn`], with node id `id` (instead of
+    /// `proc-<port>`), e.g. one chosen for the slot its keys land in.
+    pub async fn spawn_as(id: &str, extra_toml: &str) -> Self {
+        Self::launch(Some(id), extra_toml).await.until_ready().await
+    }
+
+    /// Waits for `/readyz` 200; panics with the log if it does not come.
+    async fn until_ready(self) -> Self {
+        let ready = eventually(READY_WAIT, async || self.readyz().await.0 == 200).await;
         assert!(
             ready,
             "node {} not ready: {:?}\n{}",
-            node.id,
-            node.readyz().await,
-            node.log()
+            self.id,
+            self.readyz().await,
+            self.log()
         );
-        node
+        self
     }
 
     /// Like [`ProcessNode::spawn`] but only waits until it serves `/healthz`.
     pub async fn spawn_unready(extra_toml: &str) -> Self {
+        Self::launch(None, extra_toml).await
+    }
+
+    async fn launch(id: Option<&str>, extra_toml: &str) -> Self {
         let dir = TempDir::new("node");
         let port = free_port();
-        let id = format!("proc-{port}");
+        let id = id.map_or_else(|| format!("proc-{port}"), str::to_owned);
         // A test that brings its own `[shutdown]` table replaces the default one.
         let shutdown = if extra_toml.contains("[shutdown]") {
             ""
@@ -335,6 +364,11 @@ impl ProcessNode {
     /// The tail of the node's log.
     pub fn log(&self) -> String {
         log_tail(&self.dir.path().join("node.log"), 40)
+    }
+
+    /// Where the node's whole log is (kept when the test fails).
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("node.log")
     }
 
     /// SIGKILL: the node dies without any cleanup (no deregistration, no closes).

@@ -1,7 +1,8 @@
 //! History and recovery (docs/protocol.md §7) and idempotent publish (§8),
-//! on the embedded bus and over a real Redis: offsets and epochs, recovery
-//! after a reconnect (to the same node and to another), replay racing live
-//! messages, the `history` frame and endpoint, idempotency keys.
+//! on the embedded bus, over a real Redis and over a Redis Cluster: offsets
+//! and epochs, recovery after a reconnect (to the same node and to another),
+//! replay racing live messages, the `history` frame and endpoint,
+//! idempotency keys.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use fanout_gateway::config::HistoryRule;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::backend_support::{RedisBackend, on_both_backends};
 use crate::cluster_support::{ClusterNode, any_room, recv_messages, spawn_cluster};
 use crate::redis_support::RedisServer;
 use crate::support::{Client, Event, TestServer, WAIT};
@@ -416,62 +418,94 @@ async fn embedded_idempotent_publish() {
     idempotent(&[&node], &node).await;
 }
 
-// ---- a cluster over a real Redis ----
+// ---- a cluster over a real Redis, and over a Redis Cluster ----
 
-async fn cluster(redis: &RedisServer, n: usize) -> Vec<TestServer> {
-    spawn_cluster(redis, n, scenario_rules).await
+async fn cluster(backend: &RedisBackend, n: usize) -> Vec<TestServer> {
+    spawn_cluster(&backend.url(), n, scenario_rules).await
 }
 
-#[tokio::test]
-async fn cluster_offsets_epochs_and_acks() {
-    let redis = RedisServer::start().await;
-    let nodes = cluster(&redis, 1).await;
+on_both_backends!(
+    cluster_offsets_epochs_and_acks =>
+    cluster_offsets_epochs_and_acks_on_one_redis,
+    cluster_offsets_epochs_and_acks_on_redis_cluster
+);
+
+async fn cluster_offsets_epochs_and_acks(backend: RedisBackend) {
+    let nodes = cluster(&backend, 1).await;
     offsets_and_acks(&nodes[0]).await;
 }
 
-#[tokio::test]
-async fn cluster_recovery_on_another_node_is_exact() {
-    let redis = RedisServer::start().await;
-    let nodes = cluster(&redis, 2).await;
+on_both_backends!(
+    cluster_recovery_on_another_node_is_exact =>
+    cluster_recovery_on_another_node_is_exact_on_one_redis,
+    cluster_recovery_on_another_node_is_exact_on_redis_cluster
+);
+
+async fn cluster_recovery_on_another_node_is_exact(backend: RedisBackend) {
+    let nodes = cluster(&backend, 2).await;
     recovery(&nodes[0], &nodes[1]).await;
 }
 
-#[tokio::test]
-async fn cluster_replay_racing_live_messages_from_two_nodes_leaves_no_gap_and_no_duplicate() {
-    let redis = RedisServer::start().await;
-    let nodes = cluster(&redis, 2).await;
+on_both_backends!(
+    cluster_replay_racing_live_messages_from_two_nodes_leaves_no_gap_and_no_duplicate =>
+    cluster_replay_racing_live_messages_from_two_nodes_leaves_no_gap_and_no_duplicate_on_one_redis,
+    cluster_replay_racing_live_messages_from_two_nodes_leaves_no_gap_and_no_duplicate_on_redis_cluster
+);
+
+async fn cluster_replay_racing_live_messages_from_two_nodes_leaves_no_gap_and_no_duplicate(
+    backend: RedisBackend,
+) {
+    let nodes = cluster(&backend, 2).await;
     replay_races_live(&[&nodes[0], &nodes[1]], &[&nodes[0], &nodes[1]]).await;
 }
 
-#[tokio::test]
-async fn cluster_out_of_history_or_other_epoch_is_not_recovered() {
-    let redis = RedisServer::start().await;
-    let nodes = cluster(&redis, 1).await;
+on_both_backends!(
+    cluster_out_of_history_or_other_epoch_is_not_recovered =>
+    cluster_out_of_history_or_other_epoch_is_not_recovered_on_one_redis,
+    cluster_out_of_history_or_other_epoch_is_not_recovered_on_redis_cluster
+);
+
+async fn cluster_out_of_history_or_other_epoch_is_not_recovered(backend: RedisBackend) {
+    let nodes = cluster(&backend, 1).await;
     not_recovered(&nodes[0]).await;
 }
 
-#[tokio::test]
-async fn cluster_history_frame_and_endpoint() {
-    let redis = RedisServer::start().await;
-    let nodes = cluster(&redis, 1).await;
+on_both_backends!(
+    cluster_history_frame_and_endpoint =>
+    cluster_history_frame_and_endpoint_on_one_redis,
+    cluster_history_frame_and_endpoint_on_redis_cluster
+);
+
+async fn cluster_history_frame_and_endpoint(backend: RedisBackend) {
+    let nodes = cluster(&backend, 1).await;
     history_reads(&nodes[0]).await;
 }
 
-#[tokio::test]
-async fn cluster_idempotent_publish_across_nodes() {
-    let redis = RedisServer::start().await;
-    let nodes = cluster(&redis, 2).await;
+on_both_backends!(
+    cluster_idempotent_publish_across_nodes =>
+    cluster_idempotent_publish_across_nodes_on_one_redis,
+    cluster_idempotent_publish_across_nodes_on_redis_cluster
+);
+
+async fn cluster_idempotent_publish_across_nodes(backend: RedisBackend) {
+    let nodes = cluster(&backend, 2).await;
     idempotent(&[&nodes[0], &nodes[1]], &nodes[1]).await;
 }
+
+on_both_backends!(
+    cluster_concurrent_publishes_from_three_nodes_get_one_order_everywhere =>
+    cluster_concurrent_publishes_from_three_nodes_get_one_order_everywhere_on_one_redis,
+    cluster_concurrent_publishes_from_three_nodes_get_one_order_everywhere_on_redis_cluster
+);
 
 /// Three nodes publish into one room at once: every subscriber, on every
 /// node, sees offsets 1..=N contiguous and in order, and the same message
 /// at each offset.
-#[tokio::test]
-async fn cluster_concurrent_publishes_from_three_nodes_get_one_order_everywhere() {
+async fn cluster_concurrent_publishes_from_three_nodes_get_one_order_everywhere(
+    backend: RedisBackend,
+) {
     const PER_NODE: u64 = 60;
-    let redis = RedisServer::start().await;
-    let nodes = cluster(&redis, 3).await;
+    let nodes = cluster(&backend, 3).await;
     let mut subs = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         let mut c = node.connect(&any_room(&format!("s{i}"), "acme")).await;
@@ -512,11 +546,13 @@ async fn cluster_concurrent_publishes_from_three_nodes_get_one_order_everywhere(
 }
 
 /// Redis restarted empty: the room's stream starts a new epoch, and a
-/// client recovering from the old one is told it did not recover.
+/// client recovering from the old one is told it did not recover. (One
+/// Redis only: a Redis Cluster's counterpart, a failover, is in
+/// `redis_cluster_failover.rs`.)
 #[tokio::test]
 async fn cluster_a_redis_restarted_empty_gives_a_new_epoch() {
     let mut redis = RedisServer::start().await;
-    let nodes = cluster(&redis, 1).await;
+    let nodes = spawn_cluster(&redis.url(), 1, scenario_rules).await;
     let node = &nodes[0];
     let mut c = node.connect(&any_room("u", "acme")).await;
     let old = epoch(&subscribe(&mut c, "chat:e", None).await);
@@ -540,13 +576,17 @@ async fn cluster_a_redis_restarted_empty_gives_a_new_epoch() {
     assert_eq!((ack["offset"].as_u64(), epoch(&ack)), (Some(1), new));
 }
 
+on_both_backends!(
+    cluster_recovery_across_a_drain_is_exact =>
+    cluster_recovery_across_a_drain_is_exact_on_one_redis,
+    cluster_recovery_across_a_drain_is_exact_on_redis_cluster
+);
+
 /// A node drains (1012) while messages keep coming; its client reconnects
 /// to the other node with `since` and misses nothing, sees nothing twice.
-#[tokio::test]
-async fn cluster_recovery_across_a_drain_is_exact() {
+async fn cluster_recovery_across_a_drain_is_exact(backend: RedisBackend) {
     const N: u64 = 200;
-    let redis = RedisServer::start().await;
-    let mut nodes = cluster(&redis, 2).await;
+    let mut nodes = cluster(&backend, 2).await;
     let survivor = nodes.pop().expect("node-1");
     let draining = nodes.pop().expect("node-0");
     let mut c = draining.connect(&any_room("u", "acme")).await;
@@ -592,11 +632,13 @@ async fn cluster_recovery_across_a_drain_is_exact() {
 /// Does what the route script does for a message, except publishing it:
 /// the message is numbered and stored, as if pub/sub had lost it on its way
 /// to every node.
-async fn lose_on_pubsub(redis: &RedisServer, room: &str, seq: u64, store: bool) {
+async fn lose_on_pubsub(backend: &RedisBackend, room: &str, seq: u64, store: bool) {
     let prefix = crate::cluster_support::PREFIX;
     let meta = format!("{prefix}:{{acme/{room}}}:meta");
     let stream = format!("{prefix}:{{acme/{room}}}:stream");
-    let top = redis.command(&["HINCRBY", &meta, "top", "1"]).await;
+    let top = backend
+        .command(&meta, &["HINCRBY", &meta, "top", "1"])
+        .await;
     assert_eq!(
         top,
         vec![seq.to_string()],
@@ -604,18 +646,22 @@ async fn lose_on_pubsub(redis: &RedisServer, room: &str, seq: u64, store: bool) 
     );
     if store {
         let json = json!({"type":"message","scope":"room","room":room,"event":"n","data":{"seq":seq},"id":format!("lost-{seq}"),"ts":1}).to_string();
-        redis
-            .command(&["XADD", &stream, &format!("{seq}-0"), "j", &json])
+        backend
+            .command(&stream, &["XADD", &stream, &format!("{seq}-0"), "j", &json])
             .await;
     }
 }
 
+on_both_backends!(
+    cluster_a_gap_left_by_pubsub_is_filled_from_history =>
+    cluster_a_gap_left_by_pubsub_is_filled_from_history_on_one_redis,
+    cluster_a_gap_left_by_pubsub_is_filled_from_history_on_redis_cluster
+);
+
 /// Messages pub/sub lost are read from history when the next one shows the
 /// gap, and delivered in order before it: the client sees every offset once.
-#[tokio::test]
-async fn cluster_a_gap_left_by_pubsub_is_filled_from_history() {
-    let redis = RedisServer::start().await;
-    let nodes = cluster(&redis, 2).await;
+async fn cluster_a_gap_left_by_pubsub_is_filled_from_history(backend: RedisBackend) {
+    let nodes = cluster(&backend, 2).await;
     let mut c = nodes[1].connect(&any_room("u", "acme")).await;
     let e = epoch(&subscribe(&mut c, "chat:g", None).await);
     for seq in 1..=2 {
@@ -623,7 +669,7 @@ async fn cluster_a_gap_left_by_pubsub_is_filled_from_history() {
     }
     expect_offsets(&mut c, 1, 2, &e).await;
     for seq in 3..=5 {
-        lose_on_pubsub(&redis, "chat:g", seq, true).await;
+        lose_on_pubsub(&backend, "chat:g", seq, true).await;
     }
     publish_seq(&nodes[0], "chat:g", 6).await;
     let got = expect_offsets(&mut c, 3, 6, &e).await;
@@ -631,18 +677,22 @@ async fn cluster_a_gap_left_by_pubsub_is_filled_from_history() {
     c.expect_silence(Duration::from_millis(300)).await;
 }
 
+on_both_backends!(
+    cluster_a_gap_history_cannot_fill_closes_members_with_4010 =>
+    cluster_a_gap_history_cannot_fill_closes_members_with_4010_on_one_redis,
+    cluster_a_gap_history_cannot_fill_closes_members_with_4010_on_redis_cluster
+);
+
 /// A gap history no longer covers is not delivered silently: the room's
 /// members on the node are closed with 4010, and recover on reconnect as
 /// far as history allows.
-#[tokio::test]
-async fn cluster_a_gap_history_cannot_fill_closes_members_with_4010() {
-    let redis = RedisServer::start().await;
-    let nodes = cluster(&redis, 2).await;
+async fn cluster_a_gap_history_cannot_fill_closes_members_with_4010(backend: RedisBackend) {
+    let nodes = cluster(&backend, 2).await;
     let mut c = nodes[1].connect(&any_room("u", "acme")).await;
     let e = epoch(&subscribe(&mut c, "chat:lost", None).await);
     publish_seq(&nodes[0], "chat:lost", 1).await;
     expect_offsets(&mut c, 1, 1, &e).await;
-    lose_on_pubsub(&redis, "chat:lost", 2, false).await;
+    lose_on_pubsub(&backend, "chat:lost", 2, false).await;
     publish_seq(&nodes[0], "chat:lost", 3).await;
     let (code, reason) = c.expect_close().await;
     assert_eq!(code, 4010, "{reason}");
@@ -683,12 +733,16 @@ async fn embedded_concurrent_publishes_arrive_in_offset_order() {
     assert!(got.iter().all(|m| epoch(m) == e));
 }
 
+on_both_backends!(
+    cluster_a_batch_failing_part_way_answers_the_ids_it_delivered =>
+    cluster_a_batch_failing_part_way_answers_the_ids_it_delivered_on_one_redis,
+    cluster_a_batch_failing_part_way_answers_the_ids_it_delivered_on_redis_cluster
+);
+
 /// A batch that fails part-way says which entries were delivered: the
 /// entries before the failing one, by id; nothing after it is sent.
-#[tokio::test]
-async fn cluster_a_batch_failing_part_way_answers_the_ids_it_delivered() {
-    let redis = RedisServer::start().await;
-    let nodes = cluster(&redis, 1).await;
+async fn cluster_a_batch_failing_part_way_answers_the_ids_it_delivered(backend: RedisBackend) {
+    let nodes = cluster(&backend, 1).await;
     let node = &nodes[0];
     let mut c = node.connect(&any_room("u", "acme")).await;
     subscribe(&mut c, "lobby", None).await;
@@ -699,7 +753,7 @@ async fn cluster_a_batch_failing_part_way_answers_the_ids_it_delivered() {
         "{}:{{acme/chat:broken}}:meta",
         crate::cluster_support::PREFIX
     );
-    redis.command(&["SET", &meta, "not-a-hash"]).await;
+    backend.command(&meta, &["SET", &meta, "not-a-hash"]).await;
     let entry =
         |room: &str, seq: u64| json!({"tenant":"acme","room":room,"event":"n","data":{"seq":seq}});
     let (status, body) = node
@@ -799,12 +853,16 @@ async fn a_replay_or_history_too_big_for_the_queue_is_not_sent_whole() {
     assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1));
 }
 
+on_both_backends!(
+    cluster_a_huge_since_is_not_recovered_rather_than_an_error =>
+    cluster_a_huge_since_is_not_recovered_rather_than_an_error_on_one_redis,
+    cluster_a_huge_since_is_not_recovered_rather_than_an_error_on_redis_cluster
+);
+
 /// A `since` far ahead of any stream (or at the very end of u64) is an
 /// ordinary "not recovered" / 409, not a Redis error.
-#[tokio::test]
-async fn cluster_a_huge_since_is_not_recovered_rather_than_an_error() {
-    let redis = RedisServer::start().await;
-    let nodes = cluster(&redis, 1).await;
+async fn cluster_a_huge_since_is_not_recovered_rather_than_an_error(backend: RedisBackend) {
+    let nodes = cluster(&backend, 1).await;
     let node = &nodes[0];
     let mut c = node.connect(&any_room("u", "acme")).await;
     let e = epoch(&subscribe(&mut c, "chat:far", None).await);

@@ -5,6 +5,7 @@
 
 mod api;
 mod auth;
+mod backend_support;
 mod cli;
 mod cluster;
 mod cluster_faults;
@@ -20,10 +21,12 @@ mod nginx_support;
 mod ops;
 mod pubsub;
 mod redis_cluster;
+mod redis_cluster_failover;
 mod redis_cluster_support;
 mod redis_support;
 mod rolling_restart;
 mod session;
 mod slow_consumer;
+mod stream_support;
 mod support;
 mod tls;

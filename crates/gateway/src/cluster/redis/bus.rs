@@ -128,6 +128,7 @@ impl RedisBus {
             registry.clone(),
             health.clone(),
             config.cluster_refresh,
+            config.command_timeout,
             stop.clone(),
         ));
         Ok(Self {

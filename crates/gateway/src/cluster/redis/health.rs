@@ -105,12 +105,34 @@ impl Health {
         }
     }
 
+    /// Connected and synced, but the last heartbeat is older than the TTL:
+    /// its age in ms.
+    fn stale_beat(&self) -> Option<u64> {
+        let age = now_millis().saturating_sub(self.last_beat_ms.load(Ordering::Acquire));
+        (self.connected.load(Ordering::Acquire)
+            && self.synced.load(Ordering::Acquire)
+            && age >= self.ttl_ms)
+            .then_some(age)
+    }
+
     /// Why the node is not ready (meaningful while it is not).
     pub(crate) fn not_ready(&self) -> NotReady {
-        self.reason
+        let reason = self
+            .reason
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        match (self.stale_beat(), &reason) {
+            // The reason recorded last may be an old one that has passed
+            // (a resync long done): say what holds now.
+            (Some(age_ms), r) if !matches!(r, NotReady::HeartbeatFailing(_)) => {
+                NotReady::HeartbeatStale {
+                    age_ms,
+                    ttl_ms: self.ttl_ms,
+                }
+            }
+            _ => reason,
+        }
     }
 }
 

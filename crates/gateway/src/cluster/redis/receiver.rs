@@ -10,11 +10,11 @@
 //!
 //! The probe: a node publishes a numbered probe to its own inbox every
 //! `probe_interval` (on a Redis Cluster: to a channel of its own in one slot
-//! of each shard). If one has not come back by the next round while the
+//! of each shard). If one has not come back two rounds later while the
 //! publisher is healthy, that subscriber connection has silently stopped
 //! delivering, and it is reconnected (which resubscribes what it carried).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -206,10 +206,12 @@ pub(crate) struct Prober {
 impl Prober {
     pub(crate) async fn run(self, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.interval);
-        // The probe sent last round to each shard, judged this round. Only a
-        // probe sent and judged while the shard was ready counts: probes
+        // Per shard, the probes not yet seen back, oldest first. A probe is
+        // judged two rounds after it was sent (one round is within reach of
+        // a busy machine: a false alarm resubscribes a whole shard). Only
+        // probes sent and judged while the shard was ready count: probes
         // lost in an outage say nothing about the subscriber after it.
-        let mut outstanding: HashMap<String, u64> = HashMap::new();
+        let mut outstanding: HashMap<String, VecDeque<u64>> = HashMap::new();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -227,14 +229,20 @@ impl Prober {
                     outstanding.remove(&key);
                     continue;
                 }
-                if let Some(n) = outstanding.remove(&key)
-                    && !self.probes.has_received(&key, n)
+                let waiting = outstanding.entry(key.clone()).or_default();
+                while waiting
+                    .front()
+                    .is_some_and(|&n| self.probes.has_received(&key, n))
                 {
+                    waiting.pop_front();
+                }
+                if waiting.len() >= 2 {
+                    outstanding.remove(&key);
                     self.lost(&shard).await;
                     continue;
                 }
                 if let Some(n) = self.send(&shard).await {
-                    outstanding.insert(key, n);
+                    waiting.push_back(n);
                 }
             }
         }

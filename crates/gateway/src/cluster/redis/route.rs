@@ -81,10 +81,14 @@ impl Route<'_> {
             Some(spec) => (spec.size as i64, millis(spec.ttl), millis(spec.meta_ttl())),
             None => (0, 0, 0),
         };
-        let idempotency = match self.idempotency_key {
-            Some(k) => keys.room_idempotency(tenant, room, k),
-            None => keys.room_meta(tenant, room),
-        };
+        let mut script_keys = vec![keys.room_hosts(tenant, room)];
+        if size > 0 {
+            script_keys.push(keys.room_stream(tenant, room));
+            script_keys.push(keys.room_meta(tenant, room));
+        }
+        if let Some(k) = self.idempotency_key {
+            script_keys.push(keys.room_idempotency(tenant, room, k));
+        }
         let args: Vec<Value> = vec![
             keys.node().into(),
             now_millis().to_string().into(),
@@ -113,16 +117,7 @@ impl Route<'_> {
         ];
         let reply: Vec<Value> = self
             .redis
-            .eval(
-                &scripts::ROUTE_ROOM,
-                vec![
-                    keys.room_hosts(tenant, room),
-                    keys.room_stream(tenant, room),
-                    keys.room_meta(tenant, room),
-                    idempotency,
-                ],
-                args,
-            )
+            .eval(&scripts::ROUTE_ROOM, script_keys, args)
             .await
             .map_err(|e| BusError::redis("route_room", e))?;
         let int = |i: usize| reply.get(i).and_then(Value::as_i64).unwrap_or(0);

@@ -139,8 +139,12 @@ return {left, redis.call('ZCARD', KEYS[1])}
 /// with the registry it reads, and — in a room with history — the
 /// message's position, assigned in the same step.
 ///
-/// KEYS: room hosts zset, room stream, room meta hash, idempotency key
-///       (all of the room's slot; the last is only read when ARGV[12] > 0).
+/// KEYS: room hosts zset; then, only when the room keeps history
+///       (ARGV[7] > 0), room stream and room meta hash; then, only with an
+///       idempotency key (ARGV[12] > 0), that key (always last). All of the
+///       room's slot. Only the keys used are declared: during a slot
+///       migration Redis refuses (`TRYAGAIN`) a multi-key script any of
+///       whose keys is missing, and a room without history has no stream.
 /// ARGV: 1 origin node, 2 now, 3 K (direct_max_nodes), 4 room channel,
 ///       5 inbox prefix, 6 envelope, 7 history size (0: no history),
 ///       8 stream TTL (ms), 9 meta TTL (ms), 10 epoch to use if the room has
@@ -185,7 +189,7 @@ if size > 0 and (head == nil or head < 128 or head > 141) then
   return redis.error_reply('envelope is not a map of at most 13 fields')
 end
 if idem_ttl > 0 then
-  local first = redis.call('GET', KEYS[4])
+  local first = redis.call('GET', KEYS[#KEYS])
   if first then return {0, -1, 0, 0, '', first} end
 end
 local offset, epoch = 0, ''
@@ -215,7 +219,7 @@ if size > 0 then
     .. cmsgpack.pack(offset) .. cmsgpack.pack('epoch') .. cmsgpack.pack(epoch)
 end
 if idem_ttl > 0 then
-  redis.call('SET', KEYS[4], ARGV[13] .. '|' .. offset .. '|' .. epoch, 'PX', idem_ttl)
+  redis.call('SET', KEYS[#KEYS], ARGV[13] .. '|' .. offset .. '|' .. epoch, 'PX', idem_ttl)
 end
 local hosts = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 if #hosts > k then

@@ -88,6 +88,11 @@ pub(crate) struct Shard {
     /// migration copies keys intact, so nothing needs purging). Taken by
     /// the registry actor's resync of those slots.
     moved: std::sync::Mutex<std::collections::BTreeSet<u16>>,
+    /// Since when some of this shard's subscriptions may be missing (it was
+    /// marked unsynced or took slots over), until the resync that restores
+    /// them: the window in which messages of its slots can be lost, added
+    /// to `fanout_redis_shard_gap_seconds_total`.
+    gap_since: std::sync::Mutex<Option<Instant>>,
     /// Cluster layout: a hash tag of one of this shard's slots, under which
     /// the node probes its own subscription (`None` on one Redis, which
     /// probes its inbox). Rewritten when the shard's slots change.
@@ -121,6 +126,30 @@ impl Shard {
 
     pub(crate) fn set_synced(&self, synced: bool) {
         self.synced.store(synced, Ordering::Release);
+        if synced {
+            self.gap_closed();
+        } else {
+            self.gap_opened();
+        }
+    }
+
+    fn gap_opened(&self) {
+        self.gap_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Instant::now);
+    }
+
+    /// Subscriptions are complete again: counts the window they were not.
+    pub(crate) fn gap_closed(&self) {
+        let since = self
+            .gap_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(since) = since {
+            crate::metrics::shard_gap(since.elapsed());
+        }
     }
 
     /// Takes the slots that moved here since the last call.
@@ -130,6 +159,7 @@ impl Shard {
 
     /// Puts back slots whose resync failed (retried next round).
     pub(crate) fn add_moved(&self, slots: impl IntoIterator<Item = u16>) {
+        self.gap_opened();
         self.moved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -218,6 +248,9 @@ struct Inner {
     changed: Notify,
     /// Whether a slot map was ever read (cluster layout).
     mapped: AtomicBool,
+    /// One refresh at a time (the supervisor's poll and a redirection may
+    /// ask at once; two would each add a shard for a new primary).
+    refreshing: tokio::sync::Mutex<()>,
     command_timeout: Duration,
 }
 
@@ -295,6 +328,7 @@ fn new_shard(
         subscriber,
         synced: AtomicBool::new(false),
         moved: Default::default(),
+        gap_since: Default::default(),
         probe: RwLock::new(None),
         stop: CancellationToken::new(),
     })
@@ -334,6 +368,15 @@ fn redirect(e: &fred::error::Error) -> Option<Redirect> {
         return Some(Redirect::Down);
     }
     None
+}
+
+/// A reply proving the command did not run because its slot is elsewhere
+/// or moving (`MOVED`, `ASK`, `TRYAGAIN`): safe to run again, routed anew.
+pub(crate) fn is_redirect(e: &fred::error::Error) -> bool {
+    matches!(
+        redirect(e),
+        Some(Redirect::Moved(_) | Redirect::Ask(_) | Redirect::TryAgain)
+    )
 }
 
 fn no_primary(slot: u16) -> fred::error::Error {
@@ -384,6 +427,7 @@ impl Redis {
                 stale: AtomicBool::new(true),
                 changed: Notify::new(),
                 mapped: AtomicBool::new(false),
+                refreshing: tokio::sync::Mutex::new(()),
                 command_timeout: config.command_timeout,
             }),
         };
@@ -520,6 +564,7 @@ impl Redis {
         let Some(factory) = &self.inner.factory else {
             return Ok(());
         };
+        let _one = self.inner.refreshing.lock().await;
         self.inner.stale.store(false, Ordering::Release);
         let (slots, host) = self.read_slots(factory).await?;
         let routing = ClusterRouting::from_cluster_slots(slots, host.as_str())?;
@@ -702,7 +747,17 @@ impl Redis {
                     }
                 }
                 Some(Redirect::Ask(target)) => {
-                    return self.ask(&target, script, keys, args).await;
+                    match self.ask(&target, script, keys.clone(), args.clone()).await {
+                        // The target refuses a multi-key script while some
+                        // of its keys are still to come: wait like TRYAGAIN.
+                        Err(e)
+                            if redirect(&e) == Some(Redirect::TryAgain)
+                                && Instant::now() + TRYAGAIN_PAUSE < deadline =>
+                        {
+                            tokio::time::sleep(TRYAGAIN_PAUSE).await;
+                        }
+                        done => return done,
+                    }
                 }
                 Some(Redirect::TryAgain) if Instant::now() + TRYAGAIN_PAUSE < deadline => {
                     tokio::time::sleep(TRYAGAIN_PAUSE).await;
@@ -774,16 +829,38 @@ impl Redis {
         }
         let mut done = Vec::with_capacity(channels.len());
         let mut error = None;
+        let mut topo = topo;
         for (slot, group) in by_slot(channels) {
-            let Some(shard) = topo.owner(slot) else {
-                error.get_or_insert(no_primary(slot));
-                continue;
-            };
-            match shard.subscriber.ssubscribe(group.clone()).await {
-                Ok(()) => done.extend(group),
-                Err(e) => {
-                    self.note(&e);
-                    error.get_or_insert(e);
+            // A slot that moved answers MOVED: refresh the map and follow it
+            // once (SSUBSCRIBE is idempotent).
+            for attempt in 0..2 {
+                let Some(shard) = topo.owner(slot).cloned() else {
+                    error.get_or_insert(no_primary(slot));
+                    break;
+                };
+                if !shard.subscriber.is_connected() {
+                    // Fail at once rather than wait out the command timeout:
+                    // the registry actor must not stall on one dead primary.
+                    error.get_or_insert(Unsent::Down(shard.id.clone()).error());
+                    break;
+                }
+                match shard.subscriber.ssubscribe(group.clone()).await {
+                    Ok(()) => {
+                        done.extend(group);
+                        break;
+                    }
+                    Err(e) if attempt == 0 && matches!(redirect(&e), Some(Redirect::Moved(_))) => {
+                        if self.refresh().await.is_err() {
+                            error.get_or_insert(e);
+                            break;
+                        }
+                        topo = self.topology();
+                    }
+                    Err(e) => {
+                        self.note(&e);
+                        error.get_or_insert(e);
+                        break;
+                    }
                 }
             }
         }
@@ -867,9 +944,32 @@ pub(crate) struct Pipe {
     topology: Arc<Topology>,
     /// (shard index, its pipeline, commands queued on it)
     groups: Vec<(usize, Pipeline<Client>, usize)>,
-    /// Per queued command: (group, position in the group), or `None` when
-    /// no shard owns the key (its result is an error).
-    order: Vec<Result<(usize, usize), u16>>,
+    /// Per queued command: (group, position in the group), or why it was
+    /// not sent (its result is that error).
+    order: Vec<Result<(usize, usize), Unsent>>,
+}
+
+/// Why a command of a [`Pipe`] was not sent.
+#[derive(Debug, Clone)]
+enum Unsent {
+    /// No primary owns the slot.
+    NoOwner(u16),
+    /// Redis Cluster: the slot's primary is disconnected; the command fails
+    /// at once instead of waiting out the command timeout, so that one dead
+    /// primary does not hold up the registry's work on the others.
+    Down(ShardId),
+}
+
+impl Unsent {
+    fn error(&self) -> fred::error::Error {
+        match self {
+            Self::NoOwner(slot) => no_primary(*slot),
+            Self::Down(id) => fred::error::Error::new(
+                fred::error::ErrorKind::IO,
+                format!("redis shard {id} is unreachable"),
+            ),
+        }
+    }
 }
 
 impl Pipe {
@@ -883,15 +983,22 @@ impl Pipe {
         } else {
             let slot = slot_of(key);
             match self.topology.owners.get(slot as usize) {
-                Some(&i) if i != NO_OWNER => Some(i as usize),
+                Some(&i) if i != NO_OWNER => {
+                    let shard = &self.topology.shards[i as usize];
+                    if !shard.publisher.is_connected() {
+                        self.order.push(Err(Unsent::Down(shard.id.clone())));
+                        return None;
+                    }
+                    Some(i as usize)
+                }
                 _ => {
-                    self.order.push(Err(slot));
+                    self.order.push(Err(Unsent::NoOwner(slot)));
                     return None;
                 }
             }
         };
         let Some(shard) = shard else {
-            self.order.push(Err(0));
+            self.order.push(Err(Unsent::NoOwner(0)));
             return None;
         };
         let group = match self.groups.iter().position(|(s, ..)| *s == shard) {
@@ -950,7 +1057,7 @@ impl Pipe {
                     }
                     r
                 }
-                Err(slot) => Err(no_primary(slot)),
+                Err(unsent) => Err(unsent.error()),
             })
             .collect()
     }

@@ -28,11 +28,14 @@ pub(crate) async fn supervise(
     registry: Registry,
     health: Arc<Health>,
     poll: Duration,
+    settle: Duration,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut was_up = false;
     let mut polled: Option<Instant> = None;
+    // When the node first found itself connected but unsynced.
+    let mut full_since: Option<Instant> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -66,6 +69,16 @@ pub(crate) async fn supervise(
             health.set_synced(false);
         }
         if !health.is_synced() {
+            // On a cluster, give every primary's connections a moment to
+            // come up, so that the node is not ready with shards left to
+            // resync one by one (each would answer 503 meanwhile); a primary
+            // that stays down is resynced alone once it is back.
+            let connecting = shards.iter().any(|s| !s.is_connected());
+            let since = *full_since.get_or_insert_with(Instant::now);
+            if connecting && since.elapsed() < settle {
+                continue;
+            }
+            full_since = None;
             match registry.resync(Scope::All).await {
                 Ok(()) => info!("connected to redis and registered"),
                 Err(e) => {

@@ -66,13 +66,37 @@ impl Actor {
                             Err(_) => break,
                         }
                     }
+                    let started = Instant::now();
                     if self.handle_batch(batch).await == Flow::Stop {
                         return;
                     }
+                    self.took("a batch of changes", started);
                 }
-                _ = beat.tick() => self.heartbeat().await,
-                _ = linger.tick() => self.release_lingering().await,
+                _ = beat.tick() => {
+                    let started = Instant::now();
+                    self.heartbeat().await;
+                    self.took("a heartbeat", started);
+                }
+                _ = linger.tick() => {
+                    let started = Instant::now();
+                    self.release_lingering().await;
+                    self.took("releasing channels", started);
+                }
             }
+        }
+    }
+
+    /// Logs a step that held the actor longer than a heartbeat period:
+    /// while it runs no heartbeat does, and after three periods other
+    /// nodes take this one for dead.
+    fn took(&self, what: &str, started: Instant) {
+        let took = started.elapsed();
+        if took > self.config.heartbeat {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                heartbeat_ms = self.config.heartbeat.as_millis() as u64,
+                "{what} held the registry actor longer than a heartbeat period"
+            );
         }
     }
 

@@ -18,7 +18,7 @@ use super::actor::Actor;
 use super::op::Change;
 use crate::clock::now_millis;
 use crate::cluster::redis::keys::{self, IndexEntry};
-use crate::cluster::redis::scripts;
+use crate::cluster::redis::{scripts, shards};
 use crate::cluster::{AdmitError, BusError};
 use crate::hub::LimitExceeded;
 
@@ -195,8 +195,23 @@ impl Actor {
 
         // 3. Replies; roll back what Redis refused.
         let mut emptied_rooms = Vec::new();
-        for (change, _, keys, _) in scripted {
-            let result = results.next();
+        for (change, script, keys, args) in scripted {
+            let mut result = results.next();
+            if let Some(Err(e)) = &result
+                && shards::is_redirect(e)
+            {
+                // A slot moving (Redis Cluster): the script did not run;
+                // run it alone, following the redirection. A later change
+                // of the same room in this batch touches the same keys, so
+                // it met the same redirection and is rerun after this one,
+                // unless the migration moved one of the keys between the
+                // two (then the rerun may reorder a join and a leave of one
+                // room; the next resync of the slot rewrites the truth).
+                result = Some(self.redis.eval::<Value>(script, keys.clone(), args).await);
+            }
+            if let Some(Err(e)) = &result {
+                tracing::debug!(error = %e, key = %keys[0], "registry script failed");
+            }
             if !matches!(result, Some(Ok(_))) {
                 // The script failed, or its outcome is unknown (a timeout may
                 // come after it ran; NOSCRIPT after a lost script cache). The

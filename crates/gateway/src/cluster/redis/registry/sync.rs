@@ -19,7 +19,7 @@ use crate::clock::now_millis;
 use crate::cluster::BusError;
 use crate::cluster::redis::keys::{self, IndexEntry, Layout, parse_index};
 use crate::cluster::redis::scripts;
-use crate::cluster::redis::shards::{Pipe, Redis, Shard};
+use crate::cluster::redis::shards::{self, Pipe, Redis, Shard};
 use crate::cluster::redis::slots::slot_of;
 
 /// Commands per pipeline when writing many entries.
@@ -61,7 +61,15 @@ impl Actor {
             return;
         }
         let beat = match self.beat_node().await {
-            Ok(Some(beat)) => self.refresh_rooms(beat.expiry).await.map(|()| beat),
+            Ok(Some(beat)) => {
+                if self.keys.layout() == Layout::Cluster {
+                    // The node's own entries are renewed: it is alive. Its
+                    // rooms' shards fail on their own (refresh_rooms marks
+                    // them), so record the beat before waiting on them.
+                    self.health.heartbeat_ok(beat.now);
+                }
+                self.refresh_rooms(beat.expiry).await.map(|()| beat)
+            }
             Ok(None) => return, // swept while alive: the next heartbeat resyncs
             Err(e) => Err(e),
         };
@@ -170,7 +178,7 @@ impl Actor {
     /// node's heartbeat.
     async fn refresh_rooms(&mut self, expiry: u64) -> Result<(), BusError> {
         let node = self.keys.node().to_owned();
-        let tolerant = self.keys.layout() == Layout::Cluster;
+        let tolerant = (self.keys.layout() == Layout::Cluster).then_some(self.config.heartbeat / 2);
         let mut pipe = Chunked::new(&self.redis, "heartbeat rooms", tolerant);
         let mut rooms = Vec::with_capacity(self.registered.rooms.len());
         for (tenant, room) in self.registered.rooms.keys() {
@@ -185,7 +193,12 @@ impl Actor {
         pipe.finish().await?;
         let mut pipe = self.redis.pipe();
         queue_room_expiries(&mut pipe, &self.keys, rooms).await;
-        for r in pipe.all().await {
+        let sent = pipe.all();
+        let results = match tolerant {
+            Some(limit) => tokio::time::timeout(limit, sent).await.unwrap_or_default(),
+            None => sent.await,
+        };
+        for r in results {
             if let Err(e) = r {
                 debug!(error = %e, "room index refresh failed; the next heartbeat retries");
             }
@@ -457,6 +470,9 @@ impl Actor {
         load_scripts(&shard).await?;
         self.rewrite(&shard, |k: &str| slots.contains(&slot_of(k)))
             .await?;
+        if shard.is_synced() && !shard.has_moved() {
+            shard.gap_closed();
+        }
         crate::metrics::shard_resynced();
         info!(shard = %id, slots = slots.len(), "resubscribed and re-registered moved redis slots");
         Ok(())
@@ -527,7 +543,7 @@ impl Actor {
         }
         let node = self.keys.node().to_owned();
         let expiry = now_millis() + self.config.entry_ttl().as_millis() as u64;
-        let mut pipe = Chunked::new(&self.redis, "re-register", false);
+        let mut pipe = Chunked::new(&self.redis, "re-register", None);
         let mut rooms = Vec::new();
         for ((tenant, room), users) in &self.registered.rooms {
             let hosts = self.keys.room_hosts(tenant, room);
@@ -671,8 +687,9 @@ fn by_room_key<T>(
 /// node with many rooms never sends one pipeline larger than a command
 /// timeout allows.
 ///
-/// `tolerant` (heartbeats on a Redis Cluster): a failed command marks its
-/// key's shard for a resync of its own instead of failing the whole.
+/// `tolerant` (heartbeats on a Redis Cluster): the pipelines are waited
+/// for this long at most, and a failed command marks its key's shard for a
+/// resync of its own instead of failing the whole.
 struct Chunked<'a> {
     redis: &'a Redis,
     pipe: Pipe,
@@ -680,11 +697,11 @@ struct Chunked<'a> {
     keys: Vec<String>,
     /// Names the work in errors.
     what: &'static str,
-    tolerant: bool,
+    tolerant: Option<std::time::Duration>,
 }
 
 impl<'a> Chunked<'a> {
-    fn new(redis: &'a Redis, what: &'static str, tolerant: bool) -> Self {
+    fn new(redis: &'a Redis, what: &'static str, tolerant: Option<std::time::Duration>) -> Self {
         Self {
             redis,
             pipe: redis.pipe(),
@@ -711,16 +728,42 @@ impl<'a> Chunked<'a> {
     async fn send(&mut self) -> Result<(), BusError> {
         let pipe = std::mem::replace(&mut self.pipe, self.redis.pipe());
         let keys = std::mem::take(&mut self.keys);
-        for (key, r) in keys.iter().zip(pipe.all().await) {
-            let Err(e) = r else { continue };
-            if !self.tolerant {
+        if let Some(limit) = self.tolerant {
+            // Waited for a bounded time only: a shard that died with
+            // commands in flight holds them for the command timeout, and the
+            // actor (with it the node's heartbeat) must not wait on one
+            // shard. The commands are queued on their connections by the
+            // first poll, so they keep their order with what follows.
+            match tokio::time::timeout(limit, pipe.all()).await {
+                Ok(results) => {
+                    for (key, r) in keys.iter().zip(results) {
+                        let Err(e) = r else { continue };
+                        self.redis.mark_stale();
+                        if shards::is_redirect(&e) {
+                            // The slot moved: the refreshed map resyncs it
+                            // on its new owner; its old shard is fine.
+                            continue;
+                        }
+                        debug!(error = %e, what = self.what, "a redis shard failed; resyncing it");
+                        if let Some(shard) = self.redis.shard_of_key(key) {
+                            shard.set_synced(false);
+                        }
+                    }
+                }
+                Err(_) => {
+                    debug!(
+                        what = self.what,
+                        "a redis shard is slow; not waiting for it"
+                    );
+                    self.redis.mark_stale();
+                }
+            }
+            return Ok(());
+        }
+        for r in pipe.all().await {
+            if let Err(e) = r {
                 return Err(BusError::redis(self.what, e));
             }
-            debug!(error = %e, what = self.what, "a redis shard failed; resyncing it");
-            if let Some(shard) = self.redis.shard_of_key(key) {
-                shard.set_synced(false);
-            }
-            self.redis.mark_stale();
         }
         Ok(())
     }
