@@ -485,6 +485,27 @@ async fn a_killed_primary_fails_only_its_slots_and_its_rooms_recover_without_a_n
     .await;
 }
 
+/// Per node, how many subscription gaps it has counted
+/// (`fanout_redis_shard_gap_seconds_count`).
+async fn gap_windows(nodes: &[SocketAddr]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for node in nodes {
+        let text = reqwest::get(format!("http://{node}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        out.push(
+            text.lines()
+                .filter(|l| l.starts_with("fanout_redis_shard_gap_seconds_count"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum(),
+        );
+    }
+    out
+}
+
 /// The failover scenario: `rooms` are A, A with history, then B, C's pairs.
 async fn kill_under_stream(
     cluster: &mut RedisCluster,
@@ -498,6 +519,7 @@ async fn kill_under_stream(
     let publishers = start_publishers(nodes, rooms, 1);
     warm_up(&publishers).await;
 
+    let gaps_before = gap_windows(nodes).await;
     let killed_at = Instant::now();
     assert_eq!(cluster.kill_primary_owning(slot).await, victim);
     let promoted = cluster.wait_for_failover(slot).await;
@@ -554,6 +576,17 @@ async fn kill_under_stream(
         recovered,
         "publishes into slot {slot} did not settle within {RECOVERY_BOUND:?} of the promotion"
     );
+    // Every node counted the window in which the dead slot's messages were
+    // lost to it (no message count is knowable for rooms without history).
+    for (node, (before, after)) in nodes
+        .iter()
+        .zip(gaps_before.iter().zip(gap_windows(nodes).await))
+    {
+        assert!(
+            after > *before,
+            "{node} did not count the failover's subscription gap: {before} -> {after}"
+        );
+    }
 
     // The registry is whole again within three heartbeats of the nodes'
     // recovery (counted from now: the dead slot's publishes work again).
