@@ -137,7 +137,7 @@ def ramp_table(runs):
 
 def delivery_table(runs):
     rows = []
-    skip = ("idle-", "floor-ramp", "fanout-ramp", "big-100k-idle", "history-memory-")
+    skip = ("idle-", "floor-ramp", "fanout-ramp", "big-100k-idle", "history-memory-", "rooms-ramp-")
     for label in sorted(runs):
         if label.startswith(skip):
             continue
@@ -325,6 +325,100 @@ def history_tables(runs):
     return out
 
 
+def stop_reason(result):
+    """Why a ramp ended, in short: what its failing step broke, or the
+    limit it reached with every step passing."""
+    steps = get(result, "ramp", "steps") or []
+    failed = [s for s in steps if not s.get("pass")]
+    if not failed:
+        if any("--duration" in e for e in result.get("errors") or []):
+            return "--duration (no step failed)"
+        return "--max-rate (no step failed)"
+    reason = failed[0].get("reason", "")
+    kinds = [kind for key, kind in (("lost", "loss"), ("duplicates", "dup/order"), ("p99", "p99"),
+                                    ("publishers reached", "< 90 % accepted")) if key in reason]
+    return " + ".join(kinds) or reason
+
+
+def redis_cluster_tables(runs):
+    """`run.sh --only redis_cluster`: the Redis-bound workload (many rooms of
+    4 over 3 nodes, rising rate) on one Redis and on a Redis Cluster, same
+    run; ratios within each repeat."""
+    single, cluster = "rooms-ramp-redis-single", "rooms-ramp-redis-cluster"
+    labels = [label for label in (single, cluster) if runs.get(label)]
+    if not labels:
+        return []
+
+    def knee(rec):
+        return (best_step(rec["result"]) or {}).get("achieved_rate")
+
+    def at_knee(rec, field):
+        return (best_step(rec["result"]) or {}).get(field)
+
+    def redis_us_per_publish_run(rec):
+        accepted = get(rec, "result", "publish", "accepted")
+        return rec["redis_cpu_secs"] * 1e6 / accepted if accepted else None
+
+    rows = []
+    for label in labels:
+        recs = runs[label]
+        res = [r["result"] for r in recs]
+        reasons = defaultdict(int)
+        for r in res:
+            reasons[stop_reason(r)] += 1
+        rows.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            label, recs[0]["servers"], len(recs),
+            fmt(median(knee(r) or 0.0 for r in recs)),
+            fmt(median(at_knee(r, "latency_ms") and at_knee(r, "latency_ms").get("p99") for r in recs)),
+            ", ".join(f"{k} ×{n}" if len(recs) > 1 else k for k, n in sorted(reasons.items())),
+            fmt(median(at_knee(r, "redis_cpu_per_publish_us") for r in recs)),
+            fmt(median(redis_us_per_publish_run(r) for r in recs)),
+            fmt(median(at_knee(r, "node_cpu_per_publish_us") for r in recs)),
+            fmt(max((get(r, "delivery", "loss") or 0) for r in res)),
+            fmt(max((get(r, "delivery", "duplicates") or 0) + (get(r, "delivery", "order_violations") or 0)
+                    for r in res)),
+        ))
+
+    first = runs[labels[0]][0]
+    conns = get(first, "result", "connections", "target") or 0
+    bound = fmt(get(first, "result", "ramp", "p99_bound_ms"), 0)
+    lines = []
+    ratio = per_repeat(runs, single, cluster, knee)
+    if ratio:
+        lines.append("- " + per_repeat_line("Redis Cluster ÷ one Redis, publishes/s at the knee", ratio))
+    cpu = per_repeat(runs, single, cluster, lambda r: at_knee(r, "redis_cpu_per_publish_us"))
+    if cpu:
+        lines.append("- " + per_repeat_line("Redis Cluster ÷ one Redis, Redis CPU per publish at the knee", cpu))
+    for rec in runs.get(cluster, []):
+        procs = rec.get("redis_procs") or []
+        primaries = [p for p in procs if p.get("role") == "primary"]
+        evalsha = [p.get("calls", {}).get("evalsha", 0) for p in primaries]
+        if primaries and sum(evalsha):
+            lines.append("- repeat {}: per primary, share of EVALSHA calls {}; CPU s {} (replicas {})".format(
+                rec["repeat"],
+                " / ".join(f"{100 * n / sum(evalsha):.0f} %" for n in evalsha),
+                " / ".join(fmt(p.get("cpu_secs"), 2) for p in primaries),
+                " / ".join(fmt(p.get("cpu_secs"), 2) for p in procs if p.get("role") == "replica"),
+            ))
+    return [
+        "### The Redis-bound workload: one Redis against a Redis Cluster (same run)",
+        "",
+        f"{fmt(conns)} connections in rooms of 4 over 3 nodes (every room on all three, so every publish "
+        f"crosses Redis), each publish to a random room; the rate rises step by step until a step has "
+        f"p99 over {bound} ms, any loss, duplicate or reorder, or under 90 % of its rate accepted. "
+        "The knee is the last passing step's achieved publishes/s. Redis CPU is every redis-server "
+        "process's (the cluster's 3 primaries and 3 replicas); at the knee it is the step's own, over the "
+        "run it includes connecting and subscribing. Medians of the repeats; ratios within each repeat.",
+        "",
+        *lines,
+        *([""] if lines else []),
+        "| run | servers | repeats | knee publishes/s | p99 at knee (ms) | ramp stopped by | Redis CPU per publish at knee (µs) | Redis CPU per publish over the run (µs) | node CPU per publish at knee (µs) | loss | dup + order |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def svg_chart(title, xlabel, ylabel, series, path):
     """A small line chart: series is [(name, colour, [(x, y), ...])]."""
     width, height, left, right, top, bottom = 640, 360, 70, 150, 40, 50
@@ -420,7 +514,7 @@ def main():
         "",
     ]
     body = (header + ratios(runs) + ramp_table(runs) + idle_table(runs) + history_tables(runs)
-            + delivery_table(runs) + [END])
+            + redis_cluster_tables(runs) + delivery_table(runs) + [END])
     text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         sys.exit(f"{DOC} has no results markers")

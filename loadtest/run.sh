@@ -5,6 +5,7 @@
 #   loadtest/run.sh --repeat 1      # one repeat
 #   loadtest/run.sh --only idle,fanout --repeat 1
 #   loadtest/run.sh --quick         # tiny sizes, checks the script itself (~2 min)
+#   loadtest/run.sh --only redis_cluster --repeat 3   # one Redis vs a Redis Cluster
 #
 # It builds the release binaries, starts every node, floor and Redis it needs
 # on loopback (free ports, a temporary directory), runs the scenarios, stops
@@ -19,7 +20,9 @@
 # churn, cluster (3 nodes + Redis, and the direct_max_nodes comparison),
 # knee (3 nodes at 20 publishes/s with fewer subscribers), big (100k
 # connections over 6 nodes + Redis), history (rooms, fanout and memory
-# without and with a [[history]] rule, and churned clients recovering).
+# without and with a [[history]] rule, and churned clients recovering),
+# redis_cluster (the Redis-bound workload, many rooms of 4 over 3 nodes at a
+# rising rate, on one Redis and on a 3-primary + 3-replica Redis Cluster).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -33,7 +36,7 @@ while [ $# -gt 0 ]; do
     --repeat) REPEAT="$2"; shift 2 ;;
     --only) ONLY="$2"; shift 2 ;;
     --quick) QUICK=1; REPEAT=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -97,19 +100,136 @@ cpu_ticks() { # utime+stime of the given pids, in clock ticks
 }
 TICKS="$(getconf CLK_TCK)"
 
-REDIS_PID="" REDIS_URL=""
+# REDIS_PROCS: "pid:port:role" of every redis-server the current servers
+# use (role single, primary or replica), for the per-process figures.
+REDIS_PID="" REDIS_URL="" REDIS_PROCS=() REDIS_DETAIL=0
 start_redis() {
   local port; port="$(free_port)"
   redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
     --maxclients 10000 >"$WORK/redis-$port.log" 2>&1 &
   REDIS_PID=$!
   STARTED+=("$REDIS_PID")
+  REDIS_PROCS+=("$REDIS_PID:$port:single")
   for _ in $(seq 100); do
     redis-cli -p "$port" ping >/dev/null 2>&1 && break
     sleep 0.1
   done
   redis-cli -p "$port" ping >/dev/null || { echo "redis did not start" >&2; exit 1; }
   REDIS_URL="redis://127.0.0.1:$port"
+}
+
+# free_low_ports N: N distinct loopback ports, free a moment ago, below the
+# kernel's ephemeral range (free_port's range, where any outgoing connection
+# may take a port before Redis binds it), picked as the Rust test harness
+# (crates/gateway/tests/it/redis_cluster_support.rs) picks them.
+free_low_ports() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
+want = int(sys.argv[1])
+with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+    top = int(f.read().split()[0])
+bottom = max(1024, top - 16384)
+ports = []
+for _ in range(10000):
+    if len(ports) == want:
+        break
+    port = random.randrange(bottom, top) if top > bottom + 1024 else 0
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        port = s.getsockname()[1]
+    except OSError:
+        continue
+    finally:
+        s.close()
+    if port not in ports:
+        ports.append(port)
+print(" ".join(map(str, ports)))
+PY
+}
+
+redis_field() { # PORT FIELD ARGS...: FIELD of the `field:value` reply to ARGS
+  local port="$1" field="$2"; shift 2
+  redis-cli -p "$port" "$@" 2>/dev/null | tr -d '\r' | awk -F: -v f="$field" '$1 == f {print $2}'
+}
+
+# rcluster_formed PORT...: succeeds when every node says cluster_state:ok
+# with all 16384 slots ok, 3 primaries serving slots and 6 known nodes, and
+# every replica's link to its primary is up; otherwise prints why.
+rcluster_formed() {
+  local port info f want
+  for port in "$@"; do
+    info="$(redis-cli -p "$port" cluster info 2>/dev/null | tr -d '\r')" || true
+    for want in cluster_state=ok cluster_slots_ok=16384 cluster_size=3 cluster_known_nodes=6; do
+      f="$(awk -F: -v f="${want%%=*}" '$1 == f {print $2}' <<<"$info")"
+      [ "$f" = "${want#*=}" ] || { echo "node $port: ${want%%=*}:$f"; return 1; }
+    done
+    if [ "$(redis_field "$port" role info replication)" = slave ]; then
+      f="$(redis_field "$port" master_link_status info replication)"
+      [ "$f" = up ] || { echo "replica $port: master_link_status:$f"; return 1; }
+    fi
+  done
+}
+
+# start_redis_cluster: 3 primaries + 3 replicas, each redis-server in its own
+# directory, with the flags of the test harness; waits (bounded) until the
+# cluster is whole. Sets RCLUSTER_URL to fred's form naming the primaries:
+# redis-cluster://127.0.0.1:P1?node=127.0.0.1:P2&node=127.0.0.1:P3.
+RCLUSTER_PIDS=() RCLUSTER_URL=""
+start_redis_cluster() {
+  local ports=() addrs=() primaries=() i port pid dir why formed=0
+  read -r -a ports <<<"$(free_low_ports 12)"
+  [ ${#ports[@]} = 12 ] || { echo "no free loopback ports for the Redis Cluster" >&2; exit 1; }
+  for i in 0 1 2 3 4 5; do
+    port="${ports[$i]}"
+    dir="$WORK/rcluster-$port"
+    mkdir -p "$dir"
+    # --cluster-port: the default (port + 10000) may be taken or past 65535.
+    redis-server --port "$port" --bind 127.0.0.1 --protected-mode no \
+      --save '' --appendonly no --repl-diskless-sync-delay 0 --maxclients 10000 \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-port "${ports[$((i + 6))]}" \
+      --cluster-node-timeout 1000 --cluster-require-full-coverage no \
+      --cluster-replica-validity-factor 0 --dir "$dir" >"$dir/redis.log" 2>&1 &
+    pid=$!
+    STARTED+=("$pid")
+    RCLUSTER_PIDS+=("$pid")
+  done
+  for i in 0 1 2 3 4 5; do
+    port="${ports[$i]}" pid="${RCLUSTER_PIDS[$i]}"
+    for _ in $(seq 100); do
+      redis-cli -p "$port" ping >/dev/null 2>&1 && break
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    # Whoever answers must be our process, not one that held the port.
+    if [ "$(redis_field "$port" process_id info server)" != "$pid" ]; then
+      echo "Redis Cluster node on port $port did not start (or the port is another process's):" >&2
+      tail -20 "$WORK/rcluster-$port/redis.log" >&2
+      exit 1
+    fi
+    addrs+=("127.0.0.1:$port")
+  done
+  if ! timeout 60 redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+    >"$WORK/rcluster-create.log" 2>&1 </dev/null; then
+    echo "redis-cli --cluster create failed:" >&2
+    tail -20 "$WORK/rcluster-create.log" >&2
+    exit 1
+  fi
+  for _ in $(seq 150); do
+    why="$(rcluster_formed "${ports[@]:0:6}")" && { formed=1; break; }
+    sleep 0.2
+  done
+  [ "$formed" = 1 ] || { echo "the Redis Cluster did not form within 30 s: $why" >&2; exit 1; }
+  for i in 0 1 2 3 4 5; do
+    port="${ports[$i]}"
+    if [ "$(redis_field "$port" role info replication)" = master ]; then
+      primaries+=("$port")
+      REDIS_PROCS+=("${RCLUSTER_PIDS[$i]}:$port:primary")
+    else
+      REDIS_PROCS+=("${RCLUSTER_PIDS[$i]}:$port:replica")
+    fi
+  done
+  RCLUSTER_URL="redis-cluster://127.0.0.1:${primaries[0]}?node=127.0.0.1:${primaries[1]}&node=127.0.0.1:${primaries[2]}"
 }
 
 NODE_PIDS=() NODE_URLS=()
@@ -150,7 +270,8 @@ start_node() {
     sleep 0.1
   done
   echo "node on port $port did not become ready:" >&2
-  tail -20 "$dir/node.log" >&2
+  # Without the backtrace's indented lines, so that the error itself shows.
+  grep -v '^[[:space:]]' "$dir/node.log" | tail -20 >&2
   exit 1
 }
 
@@ -170,7 +291,7 @@ start_floor() {
 }
 
 stop_servers() {
-  local pids=("${NODE_PIDS[@]}")
+  local pids=("${NODE_PIDS[@]}" "${RCLUSTER_PIDS[@]}")
   [ -n "$FLOOR_PID" ] && pids+=("$FLOOR_PID")
   [ -n "$REDIS_PID" ] && pids+=("$REDIS_PID")
   [ ${#pids[@]} -gt 0 ] && stop_pids "${pids[@]}"
@@ -182,6 +303,7 @@ stop_servers() {
   done
   STARTED=("${keep[@]}")
   NODE_PIDS=() NODE_URLS=() FLOOR_PID="" REDIS_PID="" REDIS_URL=""
+  RCLUSTER_PIDS=() RCLUSTER_URL="" REDIS_PROCS=()
 }
 
 # history_rule on|off: the node config lines of the "with history" runs —
@@ -195,16 +317,34 @@ history_rule() {
 
 node_args() { local u; for u in "${NODE_URLS[@]}"; do printf -- '--node %s ' "$u"; done; }
 pid_args() { local p; for p in "${NODE_PIDS[@]}"; do printf -- '--node-pid %s ' "$p"; done; }
+redis_pids() { [ -z "$REDIS_PID" ] || echo "$REDIS_PID"; [ ${#RCLUSTER_PIDS[@]} = 0 ] || echo "${RCLUSTER_PIDS[@]}"; }
+redis_pid_args() { local p; for p in $(redis_pids); do printf -- '--redis-pid %s ' "$p"; done; }
+
+# redis_snapshot: per Redis process of the current servers (REDIS_PROCS)
+# one line "pid port role cpu_ticks command=calls ..." (INFO commandstats).
+redis_snapshot() {
+  local entry pid port role
+  for entry in "${REDIS_PROCS[@]}"; do
+    IFS=: read -r pid port role <<<"$entry"
+    echo "$pid $port $role $(cpu_ticks "$pid")" \
+      "$(redis-cli -p "$port" info commandstats 2>/dev/null | tr -d '\r' |
+        sed -n 's/^cmdstat_\([^:]*\):calls=\([0-9]*\),.*/\1=\2/p' | tr '\n' ' ')"
+  done
+}
 
 # run LABEL REPEAT SERVER_DESC -- loadtest args...: runs one scenario and
-# appends {label, repeat, ..., cpu, result} to $OUT.
+# appends {label, repeat, ..., cpu, result} to $OUT. The Redis CPU is every
+# redis-server's of the current servers (a cluster's primaries and replicas
+# too); with REDIS_DETAIL=1 the line also has redis_procs: per process its
+# role, CPU seconds and commands (INFO commandstats) over the run.
 run() {
   local label="$1" rep="$2" servers="$3"; shift 4
   local server_pids=("${NODE_PIDS[@]}")
   [ -n "$FLOOR_PID" ] && server_pids+=("$FLOOR_PID")
-  local before redis_before after redis_after start end
+  local before redis_before after redis_after start end snap_before="" snap_after=""
   before="$(cpu_ticks "${server_pids[@]}")"
-  redis_before="$(cpu_ticks ${REDIS_PID:+"$REDIS_PID"})"
+  redis_before="$(cpu_ticks $(redis_pids))"
+  [ "$REDIS_DETAIL" = 1 ] && snap_before="$(redis_snapshot)"
   start="$(date +%s.%N)"
   echo "== $label (repeat $rep): fanout-loadtest $*" >&2
   local result
@@ -212,23 +352,42 @@ run() {
   tail -6 "$WORK/last.err" | sed 's/^/   /' >&2
   end="$(date +%s.%N)"
   after="$(cpu_ticks "${server_pids[@]}")"
-  redis_after="$(cpu_ticks ${REDIS_PID:+"$REDIS_PID"})"
+  redis_after="$(cpu_ticks $(redis_pids))"
+  [ "$REDIS_DETAIL" = 1 ] && snap_after="$(redis_snapshot)"
   [ -n "$result" ] || result='{"complete":false,"errors":["no result line"]}'
   LABEL="$label" REP="$rep" SERVERS="$servers" CMD="fanout-loadtest $*" \
     WALL="$(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.2f", b - a}')" \
     SERVER_CPU="$(awk -v a="$before" -v b="$after" -v t="$TICKS" 'BEGIN {printf "%.2f", (b - a) / t}')" \
     REDIS_CPU="$(awk -v a="$redis_before" -v b="$redis_after" -v t="$TICKS" 'BEGIN {printf "%.2f", (b - a) / t}')" \
     RESULT="$result" DATE="$DATE" RUN_ID="$RUN_ID" MACHINE="$MACHINE" COMMIT="$COMMIT" \
+    SNAP_BEFORE="$snap_before" SNAP_AFTER="$snap_after" TICKS="$TICKS" \
     python3 -c '
 import json, os
 e = os.environ
-print(json.dumps({
+rec = {
     "label": e["LABEL"], "repeat": int(e["REP"]), "date": e["DATE"], "run_id": e["RUN_ID"],
     "machine": e["MACHINE"], "commit": e["COMMIT"], "servers": e["SERVERS"],
     "command": e["CMD"], "wall_secs": float(e["WALL"]),
     "server_cpu_secs": float(e["SERVER_CPU"]), "redis_cpu_secs": float(e["REDIS_CPU"]),
-    "result": json.loads(e["RESULT"]),
-}))' >>"$OUT"
+}
+def snap(text):
+    out = {}
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 4:
+            calls = dict(kv.rsplit("=", 1) for kv in f[4:])
+            out[f[1]] = (int(f[0]), f[2], int(f[3]), {k: int(v) for k, v in calls.items()})
+    return out
+before, after = snap(e["SNAP_BEFORE"]), snap(e["SNAP_AFTER"])
+if after:
+    rec["redis_procs"] = [{
+        "port": int(port), "pid": pid, "role": role,
+        "cpu_secs": round(max(0, ticks - before[port][2]) / float(e["TICKS"]), 2),
+        "calls": {k: v - before[port][3].get(k, 0) for k, v in sorted(calls.items())
+                  if v > before[port][3].get(k, 0)},
+    } for port, (pid, role, ticks, calls) in after.items() if port in before]
+rec["result"] = json.loads(e["RESULT"])
+print(json.dumps(rec))' >>"$OUT"
 }
 
 # Sizes: the real matrix, or tiny ones that only check the script works.
@@ -236,10 +395,14 @@ if [ "$QUICK" = 1 ]; then
   IDLE_SIZES="200 400"; IDLE_HOLD=2s; FAN_SUBS=300; FAN_SAT_RATE=20; ROOMS_CONNS=400
   CLUSTER_SUBS=300; USERS=100; CHURN_SUBS=100; BIG_CONNS=1200; BIG_PUBLISHES=3
   KNEE_SIZES="100 200"; HIST_ROOMS=200
+  RC_CONNS=400; RC_RATE=50; RC_FACTOR=2; RC_STEP=1s; RC_MAX_RATE=400; RC_PUBLISHERS=8
+  RC_DURATION=60s
 else
   IDLE_SIZES="2000 6000 12000 18000"; IDLE_HOLD=30s; FAN_SUBS=10000; FAN_SAT_RATE=50
   ROOMS_CONNS=10000; CLUSTER_SUBS=10000; USERS=2000; CHURN_SUBS=2000
   BIG_CONNS=100000; BIG_PUBLISHES=20; KNEE_SIZES="1000 2500 5000"; HIST_ROOMS=2000
+  RC_CONNS=4000; RC_RATE=250; RC_FACTOR=1.25; RC_STEP=5s; RC_MAX_RATE=100000; RC_PUBLISHERS=32
+  RC_DURATION=300s
 fi
 # History: messages kept per room (the rule's size, also what `history`
 # fills each room with) and the padding of the memory run's payloads.
@@ -370,6 +533,37 @@ for rep in $(seq "$REPEAT"); do
         --subscribers "$subs" --rate 20 --publishes 400 --duration 90s
       stop_servers
     done
+  fi
+
+  if wants redis_cluster; then
+    # Issue 12 item 6: the Redis-bound workload on one Redis and on a Redis
+    # Cluster (3 primaries + 3 replicas), same run, the order flipped every
+    # repeat. RC_CONNS connections in rooms of 4 over 3 nodes (a room's
+    # members sit on three nodes, so every publish is routed through Redis),
+    # each publish to a random room, the rate rising by RC_FACTOR every
+    # RC_STEP until a step has p99 > 50 ms, any loss, duplicate or reorder,
+    # or under 90 % of its rate accepted. The knee is the last passing
+    # step's achieved rate. Redis CPU (every redis-server, replicas
+    # included) per step from --redis-pid, and per process over the run
+    # (redis_procs); node CPU per step from --node-pid.
+    if [ $((rep % 2)) = 1 ]; then variants="single cluster"; else variants="cluster single"; fi
+    REDIS_DETAIL=1
+    for v in $variants; do
+      if [ "$v" = single ]; then
+        start_redis
+        url="$REDIS_URL" servers="3 nodes + Redis"
+      else
+        start_redis_cluster
+        url="$RCLUSTER_URL" servers="3 nodes + Redis Cluster (3 primaries + 3 replicas)"
+      fi
+      for _ in 1 2 3; do start_node "$url"; done
+      run "rooms-ramp-redis-$v" "$rep" "$servers" -- rooms $(node_args) $(pid_args) $(redis_pid_args) \
+        --connections "$RC_CONNS" --room-size 4 --ramp --rate "$RC_RATE" --ramp-factor "$RC_FACTOR" \
+        --step "$RC_STEP" --p99-bound-ms 50 --max-rate "$RC_MAX_RATE" --publishers "$RC_PUBLISHERS" \
+        --duration "$RC_DURATION"
+      stop_servers
+    done
+    REDIS_DETAIL=0
   fi
 
   if wants big; then

@@ -38,7 +38,7 @@ pub enum Command {
     /// S subscribers in one room, P publishes at rate R (or a ramp):
     /// deliveries/s, loss, duplicates, order, latency.
     Fanout(FanoutArgs),
-    /// Many small rooms, random publishes: same measures as `fanout`.
+    /// Many small rooms, random publishes (or a ramp): same measures as `fanout`.
     Rooms(RoomsArgs),
     /// User-addressed sends to users with several connections spread over nodes.
     Users(UsersArgs),
@@ -233,10 +233,20 @@ pub struct FanoutArgs {
     /// Publish plan (with --ramp: the starting rate; --publishes is ignored).
     #[command(flatten)]
     pub load: Load,
-    /// Step the rate up until a step loses a message or its p99 exceeds
-    /// --p99-bound-ms; report the highest rate that passed.
-    #[arg(long)]
-    pub ramp: bool,
+    /// The ramp (`--ramp` and its flags).
+    #[command(flatten)]
+    pub ramp: RampArgs,
+}
+
+/// A rising publish rate (`fanout --ramp`, `rooms --ramp`).
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct RampArgs {
+    /// Step the rate up (from --rate) until a step loses, duplicates or
+    /// reorders a message, its p99 exceeds --p99-bound-ms or the publishers
+    /// reach less than 90 % of its rate; report the highest rate that
+    /// passed. --publishes is ignored.
+    #[arg(long = "ramp")]
+    pub on: bool,
     /// Latency bound a ramp step must meet.
     #[arg(long, default_value_t = 50.0)]
     pub p99_bound_ms: f64,
@@ -249,6 +259,10 @@ pub struct FanoutArgs {
     /// Highest rate a ramp tries.
     #[arg(long, default_value_t = 100_000.0)]
     pub max_rate: f64,
+    /// PID of a Redis process whose CPU each ramp step reports (with the
+    /// --node-pid processes'); repeatable, values summed.
+    #[arg(long = "redis-pid")]
+    pub redis_pids: Vec<u32>,
 }
 
 /// `rooms`.
@@ -263,9 +277,13 @@ pub struct RoomsArgs {
     /// Members per room.
     #[arg(long, default_value_t = 4)]
     pub room_size: usize,
-    /// Publish plan: each publish goes to a random room.
+    /// Publish plan: each publish goes to a random room (with --ramp: the
+    /// starting rate; --publishes is ignored).
     #[command(flatten)]
     pub load: Load,
+    /// The ramp (`--ramp` and its flags).
+    #[command(flatten)]
+    pub ramp: RampArgs,
 }
 
 /// `users`.
@@ -431,7 +449,29 @@ mod tests {
             panic!("{json}")
         };
         assert_eq!(args.subscribers, 7);
-        assert!(args.ramp);
+        assert!(args.ramp.on);
         assert_eq!(args.common.nodes.len(), 2);
+    }
+
+    #[test]
+    fn rooms_take_the_ramp_flags() {
+        let cli = Cli::try_parse_from([
+            "fanout-loadtest",
+            "rooms",
+            "--ramp",
+            "--ramp-factor",
+            "1.25",
+            "--redis-pid",
+            "7",
+            "--redis-pid",
+            "8",
+        ])
+        .unwrap();
+        let Command::Rooms(args) = cli.command else {
+            panic!("not rooms")
+        };
+        assert!(args.ramp.on);
+        assert_eq!(args.ramp.ramp_factor, 1.25);
+        assert_eq!(args.ramp.redis_pids, [7, 8]);
     }
 }

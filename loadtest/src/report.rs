@@ -52,7 +52,7 @@ pub(crate) struct Report {
     /// Node-process measures (`idle` with `--node-pid`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) server: Option<ServerReport>,
-    /// Ramp steps (`fanout --ramp`).
+    /// Ramp steps (`fanout --ramp`, `rooms --ramp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) ramp: Option<RampReport>,
     /// Churn connections (`churn`).
@@ -234,6 +234,9 @@ pub(crate) struct RampReport {
     pub(crate) p99_bound_ms: f64,
     /// Highest rate whose step passed (null when none did).
     pub(crate) best_rate: Option<f64>,
+    /// The knee: publishes per second achieved at that step (null when no
+    /// step passed).
+    pub(crate) best_achieved_rate: Option<f64>,
     /// Every step, in order.
     pub(crate) steps: Vec<RampStep>,
 }
@@ -261,6 +264,19 @@ pub(crate) struct RampStep {
     pub(crate) deliveries_per_sec: f64,
     /// Latency percentiles of the step, ms.
     pub(crate) latency_ms: LatencySummary,
+    /// CPU of the `--node-pid` processes during the step (publishing and
+    /// drain), seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) node_cpu_secs: Option<f64>,
+    /// `node_cpu_secs` per accepted publish, µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) node_cpu_per_publish_us: Option<f64>,
+    /// CPU of the `--redis-pid` processes during the step, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) redis_cpu_secs: Option<f64>,
+    /// `redis_cpu_secs` per accepted publish, µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) redis_cpu_per_publish_us: Option<f64>,
     /// Whether the step met every condition.
     pub(crate) pass: bool,
     /// Why it did not (empty when it passed).
@@ -593,22 +609,38 @@ impl Report {
         }
         if let Some(r) = &self.ramp {
             for st in &r.steps {
+                let mut cpu = String::new();
+                for (who, per) in [
+                    ("node", st.node_cpu_per_publish_us),
+                    ("Redis", st.redis_cpu_per_publish_us),
+                ] {
+                    if let Some(us) = per {
+                        let _ = write!(cpu, ", {who} CPU {us:.1} µs/publish");
+                    }
+                }
                 let _ = writeln!(
                     s,
-                    "  ramp {:>10.1}/s: {} p99 {:.2} ms, loss {}, {:.0} deliveries/s {}",
+                    "  ramp {:>10.1}/s: {} achieved {:.1}/s, p99 {:.2} ms, loss {}, {:.0} deliveries/s{cpu} {}",
                     st.rate,
                     if st.pass { "pass" } else { "FAIL" },
+                    st.achieved_rate,
                     st.latency_ms.p99,
                     st.loss,
                     st.deliveries_per_sec,
                     st.reason
                 );
             }
-            match r.best_rate {
-                Some(b) => {
+            match (r.best_rate, r.best_achieved_rate) {
+                (Some(b), Some(k)) => {
+                    let _ = writeln!(
+                        s,
+                        "  ramp: best rate {b:.1}/s (knee: {k:.1} publishes/s achieved)"
+                    );
+                }
+                (Some(b), None) => {
                     let _ = writeln!(s, "  ramp: best rate {b:.1}/s");
                 }
-                None => {
+                (None, _) => {
                     let _ = writeln!(s, "  ramp: no step passed");
                 }
             }

@@ -57,7 +57,7 @@ pub(crate) async fn run(
     let mut report = ctx.report(command.name());
     let result = match &command {
         Command::Idle(a) => idle::run(&mut ctx, a, &mut report).await,
-        Command::Fanout(a) if a.ramp => ramp::run(&mut ctx, a, &mut report).await,
+        Command::Fanout(a) if a.ramp.on => ramp::run(&mut ctx, a, &mut report).await,
         Command::Fanout(a) => fanout::run(&mut ctx, a, &mut report).await,
         Command::Rooms(a) => rooms::run(&mut ctx, a, &mut report).await,
         Command::Users(a) => users::run(&mut ctx, a, &mut report).await,

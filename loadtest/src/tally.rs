@@ -25,13 +25,27 @@ const SHARDS: usize = 16;
 /// counted as a duplicate instead of a late arrival.
 const MAX_GAPS: usize = 4096;
 
+/// Bits of a stream id that name its destination (a room or user index of
+/// `rooms` / `users`); the bits above count ramp steps ([`step_stream`]).
+const DEST_BITS: u32 = 32;
+
 /// Which streams a connection should receive, for loss accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Expect {
     /// Every stream published in the run (one shared room).
     All,
-    /// Exactly one stream (its own small room, or its user).
+    /// The streams into one destination (its own small room, or its user):
+    /// those whose low [`DEST_BITS`] bits are this id. Without a ramp that
+    /// is exactly one stream; a ramp gives each step its own.
     One(u64),
+}
+
+/// The stream of ramp step `step` into destination `dest` (`dest` itself
+/// at step 0), so that every step's sequence numbers start afresh and its
+/// counts stand alone.
+pub(crate) fn step_stream(dest: u64, step: u64) -> u64 {
+    debug_assert!(dest < 1 << DEST_BITS, "destination {dest} too large");
+    (step << DEST_BITS) | dest
 }
 
 /// How one arrival relates to what the connection had seen before.
@@ -105,7 +119,7 @@ impl Streams {
     /// connection should receive at all (a routing or isolation bug).
     pub(crate) fn observe(&mut self, probe: &Probe) -> Option<Arrival> {
         if let Expect::One(s) = self.expect
-            && s != probe.s
+            && s != probe.s & ((1 << DEST_BITS) - 1)
         {
             return None;
         }
@@ -276,6 +290,21 @@ mod tests {
         let mut st = Streams::new(Expect::One(7));
         assert_eq!(st.observe(&p(7, 0)), Some(Arrival::New));
         assert_eq!(st.observe(&p(8, 0)), None);
+    }
+
+    #[test]
+    fn each_ramp_step_is_its_own_stream_into_the_same_destination() {
+        let mut st = Streams::new(Expect::One(7));
+        assert_eq!(step_stream(7, 0), 7);
+        assert_eq!(st.observe(&p(step_stream(7, 0), 0)), Some(Arrival::New));
+        assert_eq!(st.observe(&p(step_stream(7, 0), 1)), Some(Arrival::New));
+        // A new step starts its sequence afresh: not a duplicate.
+        assert_eq!(st.observe(&p(step_stream(7, 1), 0)), Some(Arrival::New));
+        assert_eq!(
+            st.observe(&p(step_stream(7, 1), 0)),
+            Some(Arrival::Duplicate)
+        );
+        assert_eq!(st.observe(&p(step_stream(8, 1), 0)), None);
     }
 
     #[test]

@@ -177,6 +177,108 @@ async fn rooms_route_each_publish_to_its_room_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_ramp_steps_up_over_many_rooms_and_measures_each_step() {
+    let node = Node::spawn(|_| {}).await;
+    // The node runs in this process: its pid stands in for the node's and
+    // for Redis's, so that both per-step CPU readings are exercised.
+    let pid = std::process::id().to_string();
+    let run = loadtest(&[
+        "rooms",
+        "--node",
+        &node.ws(),
+        "--connections",
+        "24",
+        "--room-size",
+        "4",
+        "--ramp",
+        "--rate",
+        "20",
+        "--ramp-factor",
+        "2",
+        "--max-rate",
+        "80",
+        "--step",
+        "500ms",
+        "--p99-bound-ms",
+        "2000",
+        "--publishers",
+        "3",
+        "--drain",
+        "2s",
+        "--node-pid",
+        &pid,
+        "--redis-pid",
+        &pid,
+        "--duration",
+        "40s",
+    ])
+    .await;
+    let r = run.assert_clean();
+    let ramp = &r["ramp"];
+    let steps = ramp["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "20, 40, 80/s: {r}");
+    let mut accepted = 0;
+    for s in steps {
+        assert_eq!(s["pass"], true, "{r}");
+        assert_eq!(s["loss"], 0, "{r}");
+        // Rooms of four: every publish owes four deliveries, in its step.
+        assert_eq!(s["expected"], s["accepted"].as_u64().unwrap() * 4, "{r}");
+        assert!(s["node_cpu_secs"].is_f64(), "{r}");
+        assert!(s["redis_cpu_per_publish_us"].is_f64(), "{r}");
+        accepted += s["accepted"].as_u64().unwrap();
+    }
+    assert_eq!(ramp["best_rate"], 80.0, "{r}");
+    assert_eq!(ramp["best_achieved_rate"], steps[2]["achieved_rate"], "{r}");
+    assert_eq!(r["publish"]["accepted"], accepted, "{r}");
+    assert_eq!(r["delivery"]["expected"], accepted * 4, "{r}");
+    assert!(r["node_cpu"]["cpu_secs"].is_f64(), "{r}");
+    assert!(run.stderr.contains("knee:"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_ramp_over_two_processes_stops_them_at_the_same_step() {
+    let node = Node::spawn(|_| {}).await;
+    let run = loadtest(&[
+        "rooms",
+        "--node",
+        &node.ws(),
+        "--procs",
+        "2",
+        "--bind",
+        "127.0.0.1-4",
+        "--connections",
+        "30",
+        "--room-size",
+        "3",
+        "--ramp",
+        "--rate",
+        "20",
+        "--ramp-factor",
+        "2",
+        "--max-rate",
+        "40",
+        "--step",
+        "500ms",
+        "--p99-bound-ms",
+        "2000",
+        "--publishers",
+        "2",
+        "--drain",
+        "2s",
+        "--duration",
+        "40s",
+    ])
+    .await;
+    let r = run.assert_clean();
+    let steps = r["ramp"]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "20, 40/s: {r}");
+    let accepted: u64 = steps.iter().map(|s| s["accepted"].as_u64().unwrap()).sum();
+    // Both processes' rooms, each publish owing three deliveries.
+    assert_eq!(steps[0]["accepted"], 10, "{r}");
+    assert_eq!(r["delivery"]["expected"], accepted * 3, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_reach_every_connection_of_the_user() {
     let node = Node::spawn(|_| {}).await;
     let run = loadtest(&[

@@ -1,10 +1,13 @@
 //! `rooms`: many small rooms (e.g. 10,000 connections in 2,500 rooms of
 //! 4), each publish to a random room. Measures the per-publish routing cost
-//! rather than the per-member cost `fanout` measures.
+//! rather than the per-member cost `fanout` measures. With `--ramp` the
+//! rate rises step by step (`ramp.rs`) to the highest rate the nodes (and,
+//! across nodes, Redis) keep up with: the Redis-bound workload of
+//! `run.sh --only redis_cluster`.
 //!
 //! Rooms, not connections, are split between processes, so every room and
 //! every stream into it belongs to one process and no exchange of counts
-//! is needed; each room is its own stream.
+//! is needed; each room is its own stream (one per step with `--ramp`).
 
 use anyhow::ensure;
 
@@ -46,5 +49,6 @@ pub(super) async fn run(ctx: &mut Ctx, a: &RoomsArgs, report: &mut Report) -> an
             stream: (first + j) as u64,
         },
     };
-    addressed::run(ctx, &a.load, setup, report).await
+    let ramp = a.ramp.on.then_some(&a.ramp);
+    addressed::run(ctx, &a.load, ramp, setup, report).await
 }

@@ -48,5 +48,5 @@ pub(super) async fn run(ctx: &mut Ctx, a: &UsersArgs, report: &mut Report) -> an
             stream: (first + j) as u64,
         },
     };
-    addressed::run(ctx, &a.load, setup, report).await
+    addressed::run(ctx, &a.load, None, setup, report).await
 }
