@@ -102,6 +102,18 @@ where
                 presence_events,
                 since,
             } => {
+                // join/leave events are presence by another name: a token
+                // that may not query presence may not watch it either.
+                if presence_events && !self.grant.presence {
+                    self.refuse(
+                        id,
+                        ErrorCode::Forbidden,
+                        format!(
+                            "not allowed to see presence of {room}: presence_events needs a token with presence allowed"
+                        ),
+                    );
+                    return Flow::Continue;
+                }
                 let options = JoinOptions {
                     presence_events,
                     since,

@@ -269,6 +269,29 @@ async fn presence_query_lists_users_with_connection_counts() {
         .request(json!({"type":"presence","room":"lobby"}), 6)
         .await;
     assert_eq!(error_code(&reply), 403);
+    // And watching join/leave events is presence too: refused, not granted
+    // by the back door (and not silently downgraded to a plain subscribe).
+    let reply = d
+        .request(
+            json!({"type":"subscribe","room":"lobby","presence_events":true}),
+            7,
+        )
+        .await;
+    assert_eq!(error_code(&reply), 403, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("presence_events")),
+        "{reply}"
+    );
+    // The refusal left the plain subscription as it was: no events arrive.
+    let mut e = server.client("erin", "acme", &["lobby"]).await;
+    e.subscribe("lobby").await;
+    let got = d.next_event(std::time::Duration::from_millis(300)).await;
+    assert!(
+        got.is_none(),
+        "a token without presence got a presence event: {got:?}"
+    );
 }
 
 #[tokio::test]
