@@ -60,6 +60,12 @@ pub const SHARD_RESYNCS: &str = "fanout_redis_shard_resyncs_total";
 /// resync), in seconds: messages published into its slots then were lost
 /// for this node's members (rooms with history repair them).
 pub const SHARD_GAP_SECONDS: &str = "fanout_redis_shard_gap_seconds";
+/// Cross-node sends that reached no subscriber of a live host (a publish
+/// returns its receivers), by route (`room`, `user`): that host's members
+/// missed the message. Nonzero while a node resubscribes after a Redis
+/// (Cluster) failover or slot migration, or while a subscriber connection
+/// is down; rooms with history repair it.
+pub const UNHEARD: &str = "fanout_redis_unheard_total";
 /// Redis Cluster: failed reads of the slot map.
 pub const TOPOLOGY_REFRESH_FAILURES: &str = "fanout_redis_topology_refresh_failures_total";
 /// Live nodes in the cluster as this node sees them.
@@ -213,6 +219,12 @@ pub(crate) fn probe_failed() {
 
 pub(crate) fn shard_resynced() {
     counter!(SHARD_RESYNCS).increment(1);
+}
+
+pub(crate) fn unheard(route: &'static str, n: u64) {
+    if n > 0 {
+        counter!(UNHEARD, "route" => route).increment(n);
+    }
 }
 
 pub(crate) fn shard_gap(d: std::time::Duration) {

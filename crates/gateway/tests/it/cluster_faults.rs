@@ -332,3 +332,57 @@ async fn a_node_started_while_redis_is_down_becomes_ready_when_redis_appears() {
     assert_eq!(got.first().map(|m| &m["id"]), Some(&json!(id)));
     expect_all_silent(&mut [&mut member, &mut other], QUIET).await;
 }
+
+on_both_backends!(
+    a_send_to_a_host_nobody_listens_for_is_counted_as_unheard =>
+    a_send_to_a_host_nobody_listens_for_is_counted_as_unheard_on_one_redis,
+    a_send_to_a_host_nobody_listens_for_is_counted_as_unheard_on_redis_cluster
+);
+
+/// A host the registry lists but whose subscription is missing (as while a
+/// node resubscribes after a failover or a slot migration) misses the
+/// message; the route script sees that its publish reached nobody and the
+/// node counts it (`fanout_redis_unheard_total`), instead of the loss going
+/// unnoticed.
+async fn a_send_to_a_host_nobody_listens_for_is_counted_as_unheard(backend: RedisBackend) {
+    let url = backend.url();
+    let node = ProcessNode::spawn(&redis_toml(&url, PREFIX)).await;
+    wait_for_cluster(&node, 1).await;
+    let mut member = node.member("u1", "acme", "lobby").await;
+    let unheard = async || -> f64 {
+        let text = reqwest::get(node.http_url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .filter(|l| l.starts_with("fanout_redis_unheard_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    // Everyone listening: nothing unheard.
+    node.publish_ok(json!({"tenant":"acme","room":"lobby","event":"e","data":1}))
+        .await;
+    assert_eq!(recv_messages(&mut member, 1, WAIT).await.len(), 1);
+    assert_eq!(unheard().await, 0.0);
+    // A second host in the registry that subscribed to nothing.
+    let hosts = format!("{PREFIX}:{{acme/lobby}}:hosts");
+    let until = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        + 60_000)
+        .to_string();
+    backend
+        .command(&hosts, &["ZADD", &hosts, &until, "ghost-node"])
+        .await;
+    node.publish_ok(json!({"tenant":"acme","room":"lobby","event":"e","data":2}))
+        .await;
+    assert_eq!(recv_messages(&mut member, 1, WAIT).await.len(), 1);
+    assert!(
+        eventually(WAIT, async || unheard().await == 1.0).await,
+        "the send to the deaf host was not counted: {}",
+        unheard().await
+    );
+}

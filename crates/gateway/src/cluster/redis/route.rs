@@ -132,6 +132,7 @@ impl Route<'_> {
             1 => m::routed("room_channel", 1),
             _ => m::routed("direct", int(2).max(0) as u64),
         }
+        m::unheard("room", int(6).max(0) as u64);
         let position = match (int(3), text(reply.get(4))) {
             (offset, Some(epoch)) if offset > 0 && !epoch.is_empty() => Some(Position {
                 offset: offset as u64,
@@ -187,6 +188,8 @@ impl Route<'_> {
             );
         }
         m::routed("direct", sent as u64);
+        let unheard = reply.get(2).and_then(Value::as_i64).unwrap_or(0);
+        m::unheard("user", unheard.max(0) as u64);
         Ok(Published::Accepted { position: None })
     }
 

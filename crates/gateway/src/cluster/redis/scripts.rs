@@ -177,7 +177,12 @@ return {left, redis.call('ZCARD', KEYS[1])}
 /// its foreign `rid`, which is adopted silently.
 ///
 /// Returns {hosts, mode (0 direct, 1 channel, -1 duplicate), publishes,
-/// offset (0: no history), epoch, first answer `id|offset|epoch` (duplicate)}.
+/// offset (0: no history), epoch, first answer `id|offset|epoch` (duplicate),
+/// unheard}: `unheard` counts live hosts the publish reached no subscriber
+/// of (a publish returns its receivers): a host resubscribing after a
+/// failover or a migration, or whose subscriber connection is down. On the
+/// channel path it is a lower bound (a lingering non-host subscriber
+/// counts as heard).
 pub(crate) static ROUTE_ROOM: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
@@ -223,17 +228,17 @@ if idem_ttl > 0 then
 end
 local hosts = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 if #hosts > k then
-  redis.call(ARGV[14], ARGV[4], env)
-  return {#hosts, 1, 1, offset, epoch, ''}
+  local heard = redis.call(ARGV[14], ARGV[4], env)
+  return {#hosts, 1, 1, offset, epoch, '', math.max(0, #hosts - heard)}
 end
-local sent = 0
+local sent, unheard = 0, 0
 for _, node in ipairs(hosts) do
   if node ~= origin then
-    redis.call(ARGV[14], ARGV[5] .. node, env)
+    if redis.call(ARGV[14], ARGV[5] .. node, env) == 0 then unheard = unheard + 1 end
     sent = sent + 1
   end
 end
-return {#hosts, 0, sent, offset, epoch, ''}
+return {#hosts, 0, sent, offset, epoch, '', unheard}
 "#,
     )
 });
@@ -244,7 +249,8 @@ return {#hosts, 0, sent, offset, epoch, ''}
 ///       ARGV[4] > 0).
 /// ARGV: 1 origin node, 2 inbox prefix, 3 envelope, 4 idempotency window
 ///       (ms, 0: no key), 5 message id, 6 publish verb, 7… dead nodes.
-/// Returns {inbox publishes, first answer `id|0|` of a duplicate or ''}.
+/// Returns {inbox publishes, first answer `id|0|` of a duplicate or '',
+/// inboxes that had no subscriber (see ROUTE_ROOM's `unheard`)}.
 pub(crate) static ROUTE_USER: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
@@ -257,16 +263,16 @@ if idem_ttl > 0 then
 end
 local dead = {}
 for i = 7, #ARGV do dead[ARGV[i]] = true end
-local sent = 0
+local sent, unheard = 0, 0
 local flat = redis.call('HGETALL', KEYS[1])
 for i = 1, #flat, 2 do
   local node = flat[i]
   if node ~= origin and not dead[node] and tonumber(flat[i + 1]) > 0 then
-    redis.call(ARGV[6], ARGV[2] .. node, ARGV[3])
+    if redis.call(ARGV[6], ARGV[2] .. node, ARGV[3]) == 0 then unheard = unheard + 1 end
     sent = sent + 1
   end
 end
-return {sent, ''}
+return {sent, '', unheard}
 "#,
     )
 });

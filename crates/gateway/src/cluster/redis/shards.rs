@@ -4,7 +4,7 @@
 //! One Redis (`redis://`) is one shard that owns every slot. A
 //! Redis Cluster (`redis-cluster://`) is one shard per
 //! primary, each with its own command and subscriber connection, plus a
-//! slot map read with `CLUSTER SLOTS` and refreshed every `probe_interval`
+//! slot map read with `CLUSTER SLOTS` and refreshed every `redis.cluster_refresh`
 //! and at once after a redirection or a broken connection.
 //!
 //! Why not fred's clustered client: with fanout's one-attempt rule (a
@@ -97,6 +97,10 @@ pub(crate) struct Shard {
     /// the node probes its own subscription (`None` on one Redis, which
     /// probes its inbox). Rewritten when the shard's slots change.
     probe: RwLock<Option<(u16, String)>>,
+    /// Bumped by every reconnect of either connection: a resync that began
+    /// before one must not mark the shard synced (its subscriptions may
+    /// have been made on the connection that was replaced).
+    generation: std::sync::atomic::AtomicU64,
     /// Stops the tasks that serve only this shard (reader, event watcher).
     pub(crate) stop: CancellationToken,
 }
@@ -150,6 +154,22 @@ impl Shard {
         if let Some(since) = since {
             crate::metrics::shard_gap(since.elapsed());
         }
+    }
+
+    /// The reconnect generation, read when a resync begins.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Marks the shard synced by a resync that began at `generation`,
+    /// unless a reconnect came since (then it stays unsynced and is resynced
+    /// again). Returns whether it was marked.
+    pub(crate) fn synced_since(&self, generation: u64) -> bool {
+        if self.generation() != generation {
+            return false;
+        }
+        self.set_synced(true);
+        true
     }
 
     /// Takes the slots that moved here since the last call.
@@ -329,6 +349,7 @@ fn new_shard(
         synced: AtomicBool::new(false),
         moved: Default::default(),
         gap_since: Default::default(),
+        generation: Default::default(),
         probe: RwLock::new(None),
         stop: CancellationToken::new(),
     })
@@ -336,6 +357,19 @@ fn new_shard(
 
 fn server_id(server: &Server) -> ShardId {
     Arc::from(format!("{}:{}", server.host, server.port))
+}
+
+/// What a script is, for the redirections [`Redis::eval_with`] follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Follow {
+    /// A publishing script: follows `MOVED`, waits out `TRYAGAIN` within
+    /// the command timeout, refuses `ASK` (see [`Redis::eval`]).
+    Publish,
+    /// A registry script, run by the registry actor: follows `MOVED` and
+    /// `ASK` (its keys are where Redis says), and does not wait out
+    /// `TRYAGAIN` (a migration can outlast a heartbeat; the change is
+    /// refused as "slot being migrated" and the client retries).
+    Registry,
 }
 
 /// A redirection or cluster condition in an error reply.
@@ -397,7 +431,12 @@ impl Redis {
         let (perf, conn, policy) = fred_configs(config);
         let (shards, factory) = match layout {
             Layout::Single => {
-                let shard = new_shard(Arc::from(config.url.as_str()), fred, &perf, &conn, &policy);
+                // Named by host:port, never by the URL (it may carry a password).
+                let id: ShardId = match &fred.server {
+                    ServerConfig::Centralized { server } => server_id(server),
+                    _ => Arc::from("redis"),
+                };
+                let shard = new_shard(id, fred, &perf, &conn, &policy);
                 (vec![shard], None)
             }
             Layout::Cluster => {
@@ -449,16 +488,19 @@ impl Redis {
         let inner = Arc::downgrade(&self.inner);
         let stop = shard.stop.clone();
         tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
             loop {
+                // A lagged receiver missed events: treat it as a reconnect.
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    r = pub_events.recv() => if r.is_err() { return },
-                    r = sub_events.recv() => if r.is_err() { return },
+                    r = pub_events.recv() => if matches!(r, Err(RecvError::Closed)) { return },
+                    r = sub_events.recv() => if matches!(r, Err(RecvError::Closed)) { return },
                 }
                 let (Some(shard), Some(inner)) = (weak.upgrade(), inner.upgrade()) else {
                     return;
                 };
                 debug!(shard = %shard.id, "redis shard reconnected; resyncing it");
+                shard.generation.fetch_add(1, Ordering::AcqRel);
                 shard.set_synced(false);
                 inner.stale.store(true, Ordering::Release);
                 inner.changed.notify_one();
@@ -568,6 +610,14 @@ impl Redis {
         self.inner.stale.store(false, Ordering::Release);
         let (slots, host) = self.read_slots(factory).await?;
         let routing = ClusterRouting::from_cluster_slots(slots, host.as_str())?;
+        if routing.slots().is_empty() {
+            // A node that lost its cluster config (or is not in one) answers
+            // an empty map: keep the one we have rather than retire every shard.
+            return Err(fred::error::Error::new(
+                fred::error::ErrorKind::Cluster,
+                "CLUSTER SLOTS answered an empty slot map",
+            ));
+        }
         let old = self.topology();
         let mut shards: Vec<Arc<Shard>> = Vec::new();
         let mut owners = vec![NO_OWNER; SLOTS as usize];
@@ -709,16 +759,32 @@ impl Redis {
         Err(last)
     }
 
-    /// Runs a script on the shard owning its first key. On a cluster,
-    /// `MOVED` (after refreshing the map), `ASK` and `TRYAGAIN` are retried:
-    /// each proves the script did not run. Anything else (a timeout above
-    /// all) is returned as is and never replayed.
+    /// Runs a publishing script on the shard owning its first key. On a
+    /// cluster, `MOVED` is followed (after refreshing the map) and
+    /// `TRYAGAIN` retried within the command timeout: each proves the script
+    /// did not run. `ASK` (a slot half-way through a migration) is answered
+    /// as "slot being migrated": on the importing node the publish would
+    /// reach nobody, since every node listens on the source until the
+    /// migration ends. Anything else (a timeout above all) is returned as
+    /// is and never replayed.
     pub(crate) async fn eval<R: FromValue>(
         &self,
         script: &Script,
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<R, fred::error::Error> {
+        self.eval_with(script, keys, args, Follow::Publish).await
+    }
+
+    /// [`Redis::eval`] for a registry script or a publishing one.
+    pub(crate) async fn eval_with<R: FromValue>(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+        follow: Follow,
+    ) -> Result<R, fred::error::Error> {
+        let wait_tryagain = follow == Follow::Publish;
         let first = keys.first().cloned().unwrap_or_default();
         if self.inner.layout == Layout::Single {
             let shard = self.shard_of_key(&first).ok_or_else(|| no_primary(0))?;
@@ -746,20 +812,20 @@ impl Redis {
                         return Err(err);
                     }
                 }
-                Some(Redirect::Ask(target)) => {
-                    match self.ask(&target, script, keys.clone(), args.clone()).await {
-                        // The target refuses a multi-key script while some
-                        // of its keys are still to come: wait like TRYAGAIN.
-                        Err(e)
-                            if redirect(&e) == Some(Redirect::TryAgain)
-                                && Instant::now() + TRYAGAIN_PAUSE < deadline =>
-                        {
-                            tokio::time::sleep(TRYAGAIN_PAUSE).await;
-                        }
-                        done => return done,
-                    }
+                Some(Redirect::Ask(_)) if follow == Follow::Publish => {
+                    return Err(fred::error::Error::new(
+                        fred::error::ErrorKind::Cluster,
+                        format!(
+                            "TRYAGAIN slot {slot} is being migrated (a publish does not follow ASK)"
+                        ),
+                    ));
                 }
-                Some(Redirect::TryAgain) if Instant::now() + TRYAGAIN_PAUSE < deadline => {
+                Some(Redirect::Ask(target)) => {
+                    return self.ask(&target, script, keys.clone(), args.clone()).await;
+                }
+                Some(Redirect::TryAgain)
+                    if wait_tryagain && Instant::now() + TRYAGAIN_PAUSE < deadline =>
+                {
                     tokio::time::sleep(TRYAGAIN_PAUSE).await;
                 }
                 _ => {
@@ -880,7 +946,11 @@ impl Redis {
             return;
         }
         for (slot, group) in by_slot(channels) {
+            // A disconnected subscriber lost its subscriptions already;
+            // asking it would hold the caller (the registry actor) for the
+            // command timeout.
             if let Some(shard) = topo.owner(slot)
+                && shard.subscriber.is_connected()
                 && let Err(e) = shard.subscriber.sunsubscribe(group).await
             {
                 debug!(error = %e, "sunsubscribe failed");
@@ -926,8 +996,10 @@ fn by_slot(channels: &[String]) -> Vec<(u16, Vec<String>)> {
     out
 }
 
-/// Stops a shard that is no longer a primary, once its in-flight commands
-/// had their time.
+/// Stops a shard that is no longer a primary: its reader and watcher at
+/// once (messages still queued on its subscriber are dropped: that
+/// primary no longer owns the slots they came from), then both connections
+/// (QUIT, after the commands already sent on them).
 fn retire(shard: Arc<Shard>) {
     shard.stop.cancel();
     tokio::spawn(async move {

@@ -4,7 +4,7 @@
 //! says the slot map is stale (a reconnect can be too quick to be seen as a
 //! disconnect, and a new subscriber connection has lost every
 //! subscription). On one Redis any reconnect resyncs the whole node. On a
-//! Redis Cluster it also re-reads the slot map every `probe_interval` —
+//! Redis Cluster it also re-reads the slot map every `redis.cluster_refresh` —
 //! Redis tells a subscriber that its slot moved only with a pushed
 //! `sunsubscribe`, which fred drops, so a changed owner in the map is how a
 //! migration or a failover is noticed — and resyncs each shard that

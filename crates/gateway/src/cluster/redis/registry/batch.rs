@@ -30,6 +30,18 @@ fn script_error(script: &'static str, r: Option<Result<Value, fred::error::Error
     }
 }
 
+/// The index entries a change touches.
+fn index_entries(change: &Change) -> Vec<String> {
+    match change {
+        Change::Register { tenant, user, .. } | Change::Unregister { tenant, user } => {
+            vec![keys::index_user(tenant, user), keys::index_tenant(tenant)]
+        }
+        Change::Join { tenant, room, .. } | Change::Leave { tenant, room, .. } => {
+            vec![keys::index_room(tenant, room)]
+        }
+    }
+}
+
 /// Reads a `{a, b}` script reply.
 fn pair(v: &Value) -> (i64, i64) {
     match v {
@@ -195,6 +207,7 @@ impl Actor {
 
         // 3. Replies; roll back what Redis refused.
         let mut emptied_rooms = Vec::new();
+        let mut failed = BTreeSet::new();
         for (change, script, keys, args) in scripted {
             let mut result = results.next();
             if let Some(Err(e)) = &result
@@ -207,25 +220,41 @@ impl Actor {
                 // unless the migration moved one of the keys between the
                 // two (then the rerun may reorder a join and a leave of one
                 // room; the next resync of the slot rewrites the truth).
-                result = Some(self.redis.eval::<Value>(script, keys.clone(), args).await);
+                result = Some(
+                    self.redis
+                        .eval_with::<Value>(script, keys.clone(), args, shards::Follow::Registry)
+                        .await,
+                );
             }
             if let Some(Err(e)) = &result {
                 tracing::debug!(error = %e, key = %keys[0], "registry script failed");
             }
-            if !matches!(result, Some(Ok(_))) {
+            if let Some(Err(e)) = &result {
+                // Its index entries stay: whatever the script left in Redis
+                // must stay findable by a purge.
+                failed.extend(index_entries(&change));
                 // The script failed, or its outcome is unknown (a timeout may
                 // come after it ran; NOSCRIPT after a lost script cache). The
                 // view has been settled as if it did not run, which Redis may
                 // not agree with: the supervisor rewrites Redis from the view
                 // (and reloads the scripts) — the whole registry on one
-                // Redis, the key's shard on a Redis Cluster.
+                // Redis, the key's shard on a Redis Cluster. A redirection
+                // proves the script did not run: nothing to rewrite.
+                if !shards::is_redirect(e) {
+                    self.mark_unsynced(&keys[0]);
+                }
+            } else if result.is_none() {
+                failed.extend(index_entries(&change));
                 self.mark_unsynced(&keys[0]);
             }
             self.settle(change, result, &mut emptied_rooms);
         }
 
         // 4. Index entries no longer backed by our view; rooms nobody hosts.
-        let stale: Vec<String> = touched.into_iter().filter(|e| !self.in_view(e)).collect();
+        let stale: Vec<String> = touched
+            .into_iter()
+            .filter(|e| !self.in_view(e) && !failed.contains(e))
+            .collect();
         if stale.is_empty() && emptied_rooms.is_empty() {
             return;
         }

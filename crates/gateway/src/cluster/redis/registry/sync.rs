@@ -200,6 +200,10 @@ impl Actor {
         };
         for r in results {
             if let Err(e) = r {
+                if tolerant.is_none() {
+                    // One Redis: as every heartbeat write, a failure fails it.
+                    return Err(BusError::redis("heartbeat rooms", e));
+                }
                 debug!(error = %e, "room index refresh failed; the next heartbeat retries");
             }
         }
@@ -361,6 +365,9 @@ impl Actor {
     pub(super) async fn resync(&mut self) -> Result<(), BusError> {
         self.health.set_synced(false);
         let shards = self.redis.shards();
+        // A reconnect during the resync makes the shard's part count for
+        // nothing (its subscriptions may be on the replaced connection).
+        let generations: Vec<u64> = shards.iter().map(|s| s.generation()).collect();
         for shard in &shards {
             shard.set_synced(false);
         }
@@ -400,16 +407,27 @@ impl Actor {
         } else {
             self.sweep(&node, |_| true).await?;
         }
-        self.delete_node(&node).await?;
+        if cluster {
+            // Keep the index (a superset is safe): entries on a shard whose
+            // purge failed must stay findable by its later purge.
+            let info = self.keys.node_info(&node);
+            if let Ok(client) = self.client_for(&info, "resync") {
+                let _: Result<(), _> = client.del(&info).await;
+            }
+        } else {
+            self.delete_node(&node).await?;
+        }
         self.write_index(|_| true).await?;
         for pinned in self.keys.pinned() {
             self.channels.pin(pinned);
         }
-        for shard in &shards {
+        for (shard, generation) in shards.iter().zip(generations) {
             shard.take_moved();
             let on = self.on_shard(shard);
             match self.rewrite(shard, on).await {
-                Ok(()) => shard.set_synced(true),
+                Ok(()) => {
+                    shard.synced_since(generation);
+                }
                 Err(e) if cluster => {
                     warn!(shard = %shard.id, error = %e, "resync of a redis shard failed; retrying it alone");
                 }
@@ -438,6 +456,7 @@ impl Actor {
         let Some(shard) = self.redis.shard(id) else {
             return Ok(()); // no longer a primary; its slots' new owner resyncs
         };
+        let generation = shard.generation();
         shard.set_synced(false);
         shard.take_moved();
         load_scripts(&shard).await?;
@@ -448,7 +467,9 @@ impl Actor {
         }
         let on = self.on_shard(&shard);
         self.rewrite(&shard, on).await?;
-        shard.set_synced(true);
+        if !shard.synced_since(generation) {
+            info!(shard = %id, "a redis shard reconnected during its resync; resyncing it again");
+        }
         crate::metrics::shard_resynced();
         info!(shard = %id, "resubscribed and re-registered on a redis shard");
         Ok(())
@@ -597,12 +618,19 @@ impl Actor {
             Ok(()) => self.delete_node(&node).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = swept {
-            warn!(error = %e, "deregistration incomplete; entries expire with the heartbeat TTL");
-        }
-        let nodes = self.keys.nodes();
-        if let Ok(client) = self.client_for(&nodes, "deregister") {
-            let _: Result<(), _> = client.zrem(&nodes, node.as_str()).await;
+        match swept {
+            Err(e) => {
+                // Stay in the node index: the sweeper removes what is left
+                // once the heartbeat lapses. Leaving it would hide the
+                // entries from every sweep for good.
+                warn!(error = %e, "deregistration incomplete; the sweeper removes the rest once the heartbeat lapses");
+            }
+            Ok(()) => {
+                let nodes = self.keys.nodes();
+                if let Ok(client) = self.client_for(&nodes, "deregister") {
+                    let _: Result<(), _> = client.zrem(&nodes, node.as_str()).await;
+                }
+            }
         }
         self.redis.unsubscribe_all().await;
         self.health.set_synced(false);
@@ -638,17 +666,21 @@ pub(super) async fn queue_room_expiries(
     rooms: Vec<(f64, String)>,
 ) {
     for (key, members) in by_room_key(keyspace, rooms, |(_, id)| id) {
-        if let Some(p) = pipe.at(&key) {
-            let _: Result<(), _> = p
-                .zadd(
-                    &key,
-                    None,
-                    Some(Ordering::GreaterThan),
-                    false,
-                    false,
-                    members,
-                )
-                .await;
+        // At most CHUNK members per command, so that no one command holds
+        // Redis long however many rooms a node has.
+        for chunk in members.chunks(CHUNK) {
+            if let Some(p) = pipe.at(&key) {
+                let _: Result<(), _> = p
+                    .zadd(
+                        &key,
+                        None,
+                        Some(Ordering::GreaterThan),
+                        false,
+                        false,
+                        chunk.to_vec(),
+                    )
+                    .await;
+            }
         }
     }
 }
