@@ -220,7 +220,11 @@ struct Session<S> {
     grant: Grant,
     /// Client publishes allowed per second (`limits.publish_rate`).
     publish_bucket: TokenBucket,
-    /// Consecutive rate-limited publishes (→ 4008).
+    /// Other requests allowed per second (`limits.request_rate`).
+    request_bucket: TokenBucket,
+    /// Subscribes + unsubscribes allowed per second (`limits.membership_rate`).
+    membership_bucket: TokenBucket,
+    /// Consecutive rate-limited requests (→ 4008).
     rate_strikes: u32,
     /// Consecutive malformed frames (→ 4000).
     malformed_strikes: u32,
@@ -255,6 +259,16 @@ where
             publish_bucket: TokenBucket::new(
                 cfg.limits.publish_rate,
                 cfg.limits.publish_burst,
+                now.into_std(),
+            ),
+            request_bucket: TokenBucket::new(
+                cfg.limits.request_rate,
+                cfg.limits.request_burst,
+                now.into_std(),
+            ),
+            membership_bucket: TokenBucket::new(
+                cfg.limits.membership_rate,
+                cfg.limits.membership_burst,
                 now.into_std(),
             ),
             next_ping: now + cfg.session.ping_interval,

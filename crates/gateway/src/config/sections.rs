@@ -211,7 +211,23 @@ pub struct Limits {
     pub publish_rate: f64,
     /// Publishes a connection may burst above the sustained rate.
     pub publish_burst: u32,
-    /// Consecutive rate-limited publishes before closing with 4008.
+    /// Sustained client requests per second per connection other than
+    /// publishes (subscribe, unsubscribe, presence, history, refresh, ping):
+    /// each costs the node (and a presence query or a history read costs
+    /// Redis) something, so a logged-in client cannot loop them freely.
+    pub request_rate: f64,
+    /// Requests a connection may burst above `request_rate`.
+    pub request_burst: u32,
+    /// Sustained subscribes + unsubscribes per second per connection (on
+    /// top of `request_rate`): each can send a join or leave event to every
+    /// presence watcher of the room in the cluster, so this caps the events
+    /// one connection can cause.
+    pub membership_rate: f64,
+    /// Subscribes + unsubscribes a connection may burst above
+    /// `membership_rate`; at least `max_rooms_per_connection`, so that a
+    /// client reconnecting resubscribes all its rooms at once.
+    pub membership_burst: u32,
+    /// Consecutive rate-limited requests (of any kind) before closing with 4008.
     pub rate_limit_strikes: u32,
     /// Consecutive malformed frames before closing with 4000.
     pub malformed_strikes: u32,
@@ -243,6 +259,10 @@ impl Default for Limits {
             max_connections_per_tenant: 0,
             publish_rate: 20.0,
             publish_burst: 40,
+            request_rate: 20.0,
+            request_burst: 150,
+            membership_rate: 5.0,
+            membership_burst: 100,
             rate_limit_strikes: 20,
             malformed_strikes: 10,
             send_queue_messages: 1_024,

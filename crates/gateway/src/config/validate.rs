@@ -131,11 +131,34 @@ impl Config {
                 return Err(invalid(field, "must be greater than zero"));
             }
         }
-        if !(l.publish_rate.is_finite() && l.publish_rate > 0.0) {
-            return Err(invalid("limits.publish_rate", "must be a positive number"));
+        for (rate_field, rate, burst_field, burst) in [
+            ("limits.publish_rate", l.publish_rate, "limits.publish_burst", l.publish_burst),
+            ("limits.request_rate", l.request_rate, "limits.request_burst", l.request_burst),
+            (
+                "limits.membership_rate",
+                l.membership_rate,
+                "limits.membership_burst",
+                l.membership_burst,
+            ),
+        ] {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(invalid(rate_field, "must be a positive number"));
+            }
+            if burst == 0 {
+                return Err(invalid(burst_field, "must be at least 1"));
+            }
         }
-        if l.publish_burst == 0 {
-            return Err(invalid("limits.publish_burst", "must be at least 1"));
+        if (l.membership_burst as usize) < l.max_rooms_per_connection {
+            return Err(invalid(
+                "limits.membership_burst",
+                "must be at least limits.max_rooms_per_connection (a reconnecting client resubscribes all its rooms at once)",
+            ));
+        }
+        if l.request_burst < l.membership_burst {
+            return Err(invalid(
+                "limits.request_burst",
+                "must be at least limits.membership_burst (subscribes count against both)",
+            ));
         }
         if l.rate_limit_strikes == 0 {
             return Err(invalid("limits.rate_limit_strikes", "must be at least 1"));

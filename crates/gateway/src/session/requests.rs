@@ -14,6 +14,20 @@ use crate::message::{Audience, to_message};
 use crate::metrics as m;
 use crate::node::{JoinOptions, NodeError, Publish, PublishSource};
 
+/// The request id of a frame, for its error reply.
+fn request_id(frame: &ClientFrame) -> Option<RequestId> {
+    match frame {
+        ClientFrame::Auth { .. } => None,
+        ClientFrame::Subscribe { id, .. }
+        | ClientFrame::History { id, .. }
+        | ClientFrame::Unsubscribe { id, .. }
+        | ClientFrame::Publish { id, .. }
+        | ClientFrame::Presence { id, .. }
+        | ClientFrame::Refresh { id, .. }
+        | ClientFrame::Ping { id, .. } => *id,
+    }
+}
+
 fn frame_label(frame: &ClientFrame) -> &'static str {
     match frame {
         ClientFrame::Auth { .. } => "auth",
@@ -90,7 +104,54 @@ where
         self.reply(&ServerFrame::ack(id));
     }
 
+    /// Charges a request to the connection's budgets: `None` when allowed,
+    /// else the flow after refusing it (429, or 4008 when repeated).
+    fn over_budget(&mut self, frame: &ClientFrame) -> Option<Flow> {
+        let now = Instant::now();
+        let limits = &self.node.config().limits;
+        let refused = match frame {
+            // Publishes have their own budget; a second `auth` is refused anyway.
+            ClientFrame::Publish { .. } | ClientFrame::Auth { .. } => return None,
+            _ if !self.request_bucket.try_take(now) => {
+                format!(
+                    "rate limited: at most {} requests per second",
+                    limits.request_rate
+                )
+            }
+            ClientFrame::Subscribe { .. } | ClientFrame::Unsubscribe { .. }
+                if !self.membership_bucket.try_take(now) =>
+            {
+                format!(
+                    "rate limited: at most {} subscribes and unsubscribes per second",
+                    limits.membership_rate
+                )
+            }
+            _ => {
+                self.rate_strikes = 0;
+                return None;
+            }
+        };
+        Some(self.rate_limited(request_id(frame), refused))
+    }
+
+    /// A request over its budget: 429, or 4008 after `rate_limit_strikes`
+    /// in a row.
+    fn rate_limited(&mut self, id: Option<RequestId>, message: String) -> Flow {
+        self.rate_strikes += 1;
+        if self.rate_strikes >= self.node.config().limits.rate_limit_strikes {
+            return Flow::Close(
+                CloseCode::RateLimited,
+                "rate limit exceeded repeatedly".into(),
+            );
+        }
+        self.refuse(id, ErrorCode::RateLimited, message);
+        Flow::Continue
+    }
+
     async fn on_frame(&mut self, frame: ClientFrame) -> Flow {
+        if let Some(flow) = self.over_budget(&frame) {
+            return flow;
+        }
         match frame {
             ClientFrame::Auth { .. } => {
                 self.refuse(None, ErrorCode::BadRequest, "already authenticated");
@@ -247,23 +308,11 @@ where
             return Flow::Continue;
         }
         if !self.publish_bucket.try_take(Instant::now()) {
-            self.rate_strikes += 1;
-            let limits = &self.node.config().limits;
-            if self.rate_strikes >= limits.rate_limit_strikes {
-                return Flow::Close(
-                    CloseCode::RateLimited,
-                    "publish rate limit exceeded repeatedly".into(),
-                );
-            }
-            self.refuse(
-                id,
-                ErrorCode::RateLimited,
-                format!(
-                    "rate limited: at most {} publishes per second",
-                    limits.publish_rate
-                ),
+            let message = format!(
+                "rate limited: at most {} publishes per second",
+                self.node.config().limits.publish_rate
             );
-            return Flow::Continue;
+            return self.rate_limited(id, message);
         }
         self.rate_strikes = 0;
         let publish = Publish {

@@ -140,10 +140,128 @@ async fn publish_rate_gives_429_then_closes_4008_after_the_strikes() {
         let r = c.request(publish.clone(), id).await;
         assert_eq!((error_code(&r), r["id"].as_i64()), (429, Some(id)));
     }
-    // Other requests are not rate limited.
+    // Other requests have their own budget; one that passes ends the run
+    // of strikes (they count consecutive refusals).
     assert_eq!(c.request(json!({"type":"ping"}), 6).await["type"], "pong");
+    for id in 7..=8 {
+        let r = c.request(publish.clone(), id).await;
+        assert_eq!((error_code(&r), r["id"].as_i64()), (429, Some(id)));
+    }
     c.send(publish.clone()).await;
     expect_closed_with(&mut c, 4008).await;
+}
+
+/// Every request is budgeted, not only publishes: a logged-in client that
+/// loops subscribe/unsubscribe (each a join and a leave for every presence
+/// watcher) or presence queries (each a whole-room read) is answered 429
+/// and then closed 4008, and the watchers of its room keep every message
+/// (the join/leave events it can cause are capped, so their queues never
+/// overflow into 4009).
+#[tokio::test]
+async fn a_client_flooding_requests_is_stopped_and_the_watchers_of_its_room_keep_every_frame() {
+    let server = TestServer::spawn_with(|c| {
+        c.limits.max_rooms_per_connection = 6;
+        c.limits.request_rate = 10.0;
+        c.limits.request_burst = 20;
+        c.limits.membership_rate = 2.0;
+        c.limits.membership_burst = 6;
+        c.limits.rate_limit_strikes = 50;
+        // A small queue: an uncapped flood of events would overflow it.
+        c.limits.send_queue_messages = 64;
+    })
+    .await;
+    let mut watcher = server.client("w", "acme", &["lobby"]).await;
+    let ack = watcher
+        .request(
+            json!({"type":"subscribe","room":"lobby","presence_events":true}),
+            1,
+        )
+        .await;
+    assert_eq!(ack["type"], "ack");
+
+    // The flooder loops subscribe/unsubscribe without waiting for answers.
+    let mut flooder = server.client("f", "acme", &["lobby"]).await;
+    let started = std::time::Instant::now();
+    let mut id = 0;
+    let mut closed = None;
+    let mut refused = 0;
+    'flood: for _ in 0..2_000 {
+        for kind in ["subscribe", "unsubscribe"] {
+            id += 1;
+            flooder
+                .send(json!({"type":kind,"id":id,"room":"lobby"}))
+                .await;
+        }
+        while let Some(event) = flooder.next_event(Duration::from_millis(1)).await {
+            match event {
+                Event::Frame(f) if f["type"] == "error" && f["code"] == 429 => refused += 1,
+                Event::Frame(_) => {}
+                Event::Closed(c) => {
+                    closed = c;
+                    break 'flood;
+                }
+            }
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+    }
+    if closed.is_none() {
+        while let Some(event) = flooder.next_event(Duration::from_secs(2)).await {
+            match event {
+                Event::Frame(f) if f["type"] == "error" && f["code"] == 429 => refused += 1,
+                Event::Frame(_) => {}
+                Event::Closed(c) => {
+                    closed = c;
+                    break;
+                }
+            }
+        }
+    }
+    let flood_time = started.elapsed();
+    assert!(refused > 0, "the flood was never answered 429");
+    assert_eq!(
+        closed.as_ref().map(|c| c.0),
+        Some(4008),
+        "the flooder must be closed 4008: {closed:?}"
+    );
+
+    // The watcher: still connected, every message published now arrives,
+    // and it saw no more join/leave events than the membership budget allows.
+    for n in 0..20 {
+        server
+            .publish_room("acme", "lobby", "e", json!({ "n": n }))
+            .await;
+    }
+    let mut events = 0;
+    let mut messages = Vec::new();
+    while messages.len() < 20 {
+        match watcher.next_event(Duration::from_secs(5)).await {
+            Some(Event::Frame(f)) if f["type"] == "message" => messages.push(f["data"]["n"].clone()),
+            Some(Event::Frame(f)) if f["type"] == "join" || f["type"] == "leave" => events += 1,
+            other => panic!("the watcher lost messages ({} of 20): {other:?}", messages.len()),
+        }
+    }
+    assert_eq!(messages, (0..20).map(|n| json!(n)).collect::<Vec<_>>());
+    let allowed = 6.0 + 2.0 * flood_time.as_secs_f64() + 2.0;
+    assert!(
+        (events as f64) <= allowed,
+        "{events} join/leave events in {flood_time:?}; the cap allows {allowed}"
+    );
+
+    // Presence queries are budgeted too.
+    let mut asker = server.client("p", "acme", &["lobby"]).await;
+    let mut got_429 = false;
+    for id in 1..=40 {
+        let r = asker
+            .request(json!({"type":"presence","room":"lobby"}), id)
+            .await;
+        if r["type"] == "error" && r["code"] == 429 {
+            got_429 = true;
+            break;
+        }
+    }
+    assert!(got_429, "40 presence queries at once were all served");
 }
 
 #[tokio::test]
