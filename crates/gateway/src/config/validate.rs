@@ -132,8 +132,18 @@ impl Config {
             }
         }
         for (rate_field, rate, burst_field, burst) in [
-            ("limits.publish_rate", l.publish_rate, "limits.publish_burst", l.publish_burst),
-            ("limits.request_rate", l.request_rate, "limits.request_burst", l.request_burst),
+            (
+                "limits.publish_rate",
+                l.publish_rate,
+                "limits.publish_burst",
+                l.publish_burst,
+            ),
+            (
+                "limits.request_rate",
+                l.request_rate,
+                "limits.request_burst",
+                l.request_burst,
+            ),
             (
                 "limits.membership_rate",
                 l.membership_rate,
