@@ -151,6 +151,11 @@ pub(crate) fn close_code(code: CloseCode) {
     counter!(CONNECTIONS_CLOSED, "code" => code.label()).increment(1);
 }
 
+/// A connection that ended without a close handshake (the peer vanished).
+pub(crate) fn connection_vanished() {
+    counter!(CONNECTIONS_CLOSED, "code" => "abnormal").increment(1);
+}
+
 pub(crate) fn frame_in(kind: &'static str) {
     counter!(MESSAGES_IN, "type" => kind).increment(1);
 }

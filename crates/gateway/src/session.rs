@@ -37,7 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tracing::{Instrument, debug, info_span, warn};
@@ -201,8 +201,12 @@ where
 enum Flow {
     Continue,
     Close(CloseCode, String),
-    /// The peer is gone (or the socket failed): no close frame to send.
+    /// The peer closed cleanly (its close frame was answered): done.
     Gone,
+    /// The peer vanished without a close handshake (a reset, an end of
+    /// stream without a close frame, a failed read or write): no close frame
+    /// to send, and not the client's protocol fault.
+    Vanished,
 }
 
 /// An authenticated, admitted connection.
@@ -335,6 +339,10 @@ where
                     m::close_code(CloseCode::Normal);
                     return;
                 }
+                Flow::Vanished => {
+                    m::connection_vanished();
+                    return;
+                }
                 Flow::Close(code, reason) => {
                     debug!(code = code.as_u16(), %reason, "closing");
                     // Replies queued before the close (e.g. the `error` that
@@ -384,7 +392,7 @@ where
 
     fn write_failed(&self, e: WsError) -> Flow {
         debug!(error = %e, "write failed");
-        Flow::Gone
+        Flow::Vanished
     }
 
     async fn on_incoming(&mut self, incoming: Option<Result<Message, WsError>>) -> Flow {
@@ -400,6 +408,11 @@ where
             Some(Err(WsError::Capacity(e))) => {
                 return Flow::Close(CloseCode::TooBig, e.to_string());
             }
+            // The TCP connection ended without a close frame: the peer is
+            // gone (a dead network, a killed app), not misbehaving.
+            Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                return Flow::Vanished;
+            }
             Some(Err(WsError::Protocol(e))) => {
                 return Flow::Close(
                     CloseCode::ProtocolViolation,
@@ -414,7 +427,7 @@ where
             }
             Some(Err(e)) => {
                 debug!(error = %e, "read failed");
-                return Flow::Gone;
+                return Flow::Vanished;
             }
         };
         self.last_seen = Instant::now();
@@ -432,7 +445,7 @@ where
                 let timeout = self.node.config().session.write_timeout;
                 match tokio::time::timeout(timeout, self.ws.flush()).await {
                     Ok(Ok(())) => Flow::Continue,
-                    _ => Flow::Gone,
+                    _ => Flow::Vanished,
                 }
             }
             Message::Pong(_) | Message::Frame(_) => Flow::Continue,
@@ -460,7 +473,7 @@ where
                 self.ws.send(Message::Ping(Default::default())),
             );
             if !matches!(send.await, Ok(Ok(()))) {
-                return Flow::Gone;
+                return Flow::Vanished;
             }
         }
         Flow::Continue

@@ -320,3 +320,39 @@ async fn deploy_cluster_sh_brings_up_a_working_cluster_and_down_stops_exactly_it
         .collect();
     assert!(left.is_empty(), "still running after down: {left:?}");
 }
+
+/// A client that vanishes without a close frame (its TCP connection simply
+/// ends, as when an app is killed or a network drops) is counted as
+/// `abnormal`, not as a protocol violation, and gets no close frame.
+#[tokio::test]
+async fn a_connection_that_vanishes_without_a_close_is_counted_abnormal_not_a_protocol_violation() {
+    let node = crate::cluster_support::ProcessNode::spawn("").await;
+    use crate::cluster_support::ClusterNode;
+    let closed = async |label: &str| -> f64 {
+        let text = reqwest::get(node.http_url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        let series = format!("fanout_connections_closed_total{{code=\"{label}\"}}");
+        text.lines()
+            .filter(|l| l.starts_with(&series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let c = node
+        .connect(&crate::support::TokenSpec::new("u1", "acme", &["lobby"]))
+        .await;
+    // Drop the TCP stream under the WebSocket: no close frame is sent.
+    let tcp = match c.ws.into_inner() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp,
+        _ => panic!("a plain connection was expected"),
+    };
+    drop(tcp);
+    assert!(
+        crate::redis_support::eventually(WAIT, async || closed("abnormal").await == 1.0).await,
+        "the vanished connection was not counted as abnormal"
+    );
+    assert_eq!(closed("protocol_violation").await, 0.0);
+}
