@@ -273,6 +273,7 @@ async fn drain(node: &Node, deadline: tokio::time::Instant) {
     );
     tokio::time::sleep_until((tokio::time::Instant::now() + cfg.readiness_delay).min(deadline))
         .await;
+    node.begin_closing();
     node.sessions().close();
     close_in_batches(node, cfg.drain_window, deadline).await;
     // Sessions admitted while the batches went out are closed on the next pass.

@@ -16,7 +16,8 @@ use super::extract::{ApiKey, Body};
 use crate::node::{Node, NodeError, Publish, PublishSource, Sent};
 
 fn node_ready(node: &Node) -> Result<(), ApiError> {
-    if node.is_draining() {
+    // Served through `readiness_delay`: a load balancer may still route here.
+    if node.is_closing() {
         return Err(NodeError::Draining.into());
     }
     Ok(())

@@ -18,10 +18,23 @@ impl Node {
         self.inner.draining.is_cancelled()
     }
 
-    /// Starts draining: readiness turns false, new upgrades get 503, and
-    /// publishes and admissions are refused with "draining".
+    /// Starts draining: readiness turns false, new upgrades get 503 and
+    /// admissions are refused with "draining"; publishes are still served
+    /// (until [`Node::begin_closing`]).
     pub fn begin_drain(&self) {
         self.inner.draining.cancel();
+    }
+
+    /// The drain starts closing clients (after `readiness_delay`, when load
+    /// balancers have stopped routing here): publishes are refused with
+    /// "draining" from now on.
+    pub fn begin_closing(&self) {
+        self.inner.closing.cancel();
+    }
+
+    /// Whether publishes are refused as draining (see [`Node::begin_closing`]).
+    pub fn is_closing(&self) -> bool {
+        self.inner.closing.is_cancelled()
     }
 
     /// Completes when the drain starts.

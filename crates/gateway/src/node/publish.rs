@@ -169,7 +169,7 @@ impl Node {
     /// members. In a room with history the bus gives the message its
     /// position first, and local members get the frame with it.
     pub async fn send(&self, prepared: Prepared, source: PublishSource) -> Result<Sent, NodeError> {
-        if self.is_draining() {
+        if self.is_closing() {
             return Err(NodeError::Draining);
         }
         let Prepared {

@@ -39,6 +39,11 @@ pub(super) struct NodeInner {
     /// Cancelled when the drain starts (by [`Node::begin_drain`]); sessions
     /// still authenticating wait on it.
     pub(super) draining: CancellationToken,
+    /// Cancelled when the drain starts closing clients, `readiness_delay`
+    /// after it began (by [`Node::begin_closing`]); from then on publishes
+    /// are refused as draining. Until then a load balancer may still route
+    /// publishes here, and they are served.
+    pub(super) closing: CancellationToken,
     /// Process start, for `uptime_secs`.
     pub(super) started: Instant,
     /// Every session task, so that the drain can wait for them to end.
@@ -97,6 +102,7 @@ impl Node {
                 history,
                 metrics: parts.metrics,
                 draining: CancellationToken::new(),
+                closing: CancellationToken::new(),
                 started: Instant::now(),
                 sessions: TaskTracker::new(),
             }),
