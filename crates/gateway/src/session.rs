@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use fanout_protocol::{CloseCode, Codec, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -105,7 +105,13 @@ where
 {
     if upgrade.unsupported_subprotocol {
         let reason = "unsupported subprotocol: offer fanout.json or fanout.msgpack";
-        close_socket(&mut ws, CloseCode::ProtocolViolation, reason).await;
+        close_socket(
+            &mut ws,
+            CloseCode::ProtocolViolation,
+            reason,
+            Reading::Frames,
+        )
+        .await;
         return None;
     }
     let cfg = &node.config().session;
@@ -122,15 +128,21 @@ where
         Ok(grant) => grant,
         Err(AuthOutcome::Refused(reason)) => {
             debug!(%reason, "authentication refused");
-            close_socket(&mut ws, CloseCode::AuthFailed, &reason).await;
+            close_socket(&mut ws, CloseCode::AuthFailed, &reason, Reading::Frames).await;
             return None;
         }
         Err(AuthOutcome::TooBig(reason)) => {
-            close_socket(&mut ws, CloseCode::TooBig, &reason).await;
+            close_socket(&mut ws, CloseCode::TooBig, &reason, Reading::Broken).await;
             return None;
         }
         Err(AuthOutcome::Draining) => {
-            close_socket(&mut ws, CloseCode::Restart, "node is draining").await;
+            close_socket(
+                &mut ws,
+                CloseCode::Restart,
+                "node is draining",
+                Reading::Frames,
+            )
+            .await;
             return None;
         }
         Err(AuthOutcome::Gone) => return None,
@@ -156,27 +168,53 @@ where
     match node.admit(grant, codec).await {
         Ok(handle) => Some(handle),
         Err(AdmitError::Limit(limit)) => {
-            close_socket(ws, CloseCode::LimitReached, &limit.to_string()).await;
+            close_socket(
+                ws,
+                CloseCode::LimitReached,
+                &limit.to_string(),
+                Reading::Frames,
+            )
+            .await;
             None
         }
         Err(AdmitError::Unavailable(e)) => {
             warn!(error = %e, cause = ?std::error::Error::source(&e), "connection refused: bus unavailable");
-            close_raw(ws, 1013, "cluster unavailable, retry later").await;
+            close_raw(
+                ws,
+                1013,
+                "cluster unavailable, retry later",
+                Reading::Frames,
+            )
+            .await;
             None
         }
     }
 }
 
-/// Sends a close frame and waits briefly for the peer's.
-async fn close_socket<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
-where
+/// How a close is sent: whether the read side still parses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// The stream reads frames: the client's close ends the handshake.
+    Frames,
+    /// A read failed (an oversize or malformed frame): the WebSocket stream
+    /// has ended on our side, though the client may still be sending (the
+    /// rest of the frame, then its close); what comes is read raw.
+    Broken,
+}
+
+async fn close_socket<S>(
+    ws: &mut WebSocketStream<S>,
+    code: CloseCode,
+    reason: &str,
+    reading: Reading,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     m::close_code(code);
-    close_raw(ws, code.as_u16(), reason).await;
+    close_raw(ws, code.as_u16(), reason, reading).await;
 }
 
-async fn close_raw<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
+async fn close_raw<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str, reading: Reading)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -189,9 +227,33 @@ where
         code: WsCloseCode::from(code),
         reason: reason[..end].into(),
     };
+    // After the close frame, read on until the client's close completes the
+    // handshake (or CLOSE_LINGER passes): a socket dropped with bytes still
+    // unread is *reset* by the kernel, and a reset can overtake the close
+    // frame, so the client (or the proxy in front, which then drops it)
+    // sees 1006 instead of our code. After a failed read (the rest of an
+    // oversize frame is still coming, after 1009) the bytes are read raw
+    // and discarded until the client closes or the linger ends.
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        if ws.close(Some(frame)).await.is_ok() {
-            while let Some(Ok(_)) = ws.next().await {}
+        let _ = ws.close(Some(frame)).await;
+        if reading == Reading::Frames {
+            loop {
+                match ws.next().await {
+                    // The handshake completed (or the socket failed): done.
+                    None | Some(Err(WsError::ConnectionClosed | WsError::Io(_))) => return,
+                    Some(Ok(_)) => {}
+                    // Unparseable: read on raw.
+                    Some(Err(_)) => break,
+                }
+            }
+        }
+        // On the heap: this future is part of every session task.
+        let mut discard = vec![0u8; 4096];
+        let io = ws.get_mut();
+        while let Ok(n) = io.read(&mut discard).await {
+            if n == 0 {
+                return;
+            }
         }
     })
     .await;
@@ -232,6 +294,9 @@ struct Session<S> {
     rate_strikes: u32,
     /// Consecutive malformed frames (→ 4000).
     malformed_strikes: u32,
+    /// Whether the WebSocket stream still parses frames (a read error ends
+    /// it; the close then reads raw).
+    reading: Reading,
     /// Last frame read from the client; the idle deadline counts from it.
     last_seen: Instant,
     /// When the next server ping is due.
@@ -282,6 +347,7 @@ where
             grant,
             rate_strikes: 0,
             malformed_strikes: 0,
+            reading: Reading::Frames,
             last_seen: now,
             expires,
         }
@@ -351,7 +417,7 @@ where
                     if code != CloseCode::SlowConsumer {
                         let _ = self.write_queued().await;
                     }
-                    close_socket(&mut self.ws, code, &reason).await;
+                    close_socket(&mut self.ws, code, &reason, self.reading).await;
                     return;
                 }
             }
@@ -396,6 +462,9 @@ where
     }
 
     async fn on_incoming(&mut self, incoming: Option<Result<Message, WsError>>) -> Flow {
+        if matches!(incoming, Some(Err(_))) {
+            self.reading = Reading::Broken;
+        }
         let msg = match incoming {
             None => return Flow::Gone,
             Some(Ok(msg)) => msg,

@@ -356,3 +356,47 @@ async fn a_connection_that_vanishes_without_a_close_is_counted_abnormal_not_a_pr
     );
     assert_eq!(closed("protocol_violation").await, 0.0);
 }
+
+/// The close code a server sends must reach a client behind the shipped
+/// nginx: after closing, the node reads what the client still sends (the
+/// rest of an oversize frame, its close), so the kernel does not reset the
+/// connection and nginx does not drop the close frame. An oversize frame
+/// must end in 1009 every time, not 1006 now and then: repeated so that a
+/// race cannot pass by luck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn through_nginx_an_oversize_frame_gets_1009_every_time_not_a_reset() {
+    let node = ProcessNode::spawn("[limits]\nmax_frame_bytes = 1024\n").await;
+    let nginx = Nginx::start(&[node.addr]).await;
+    let big = "x".repeat(256 * 1024);
+    let mut seen = Vec::new();
+    for i in 0..20 {
+        let mut c = connect(&nginx, &format!("u{i}"), None).await;
+        // The whole frame is written (flush), as a browser would.
+        if let Err(e) = c.ws.send(Message::Text(big.clone().into())).await {
+            eprintln!("client send error: {e}");
+        }
+        let code = tokio::time::timeout(WAIT, async {
+            loop {
+                match c.ws.next().await {
+                    Some(Ok(Message::Close(Some(frame)))) => return Some(u16::from(frame.code)),
+                    Some(Ok(Message::Close(None))) => return Some(1005),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        eprintln!("client read error: {e}");
+                        return None;
+                    }
+                    None => return None,
+                }
+            }
+        })
+        .await
+        .expect("no close in time");
+        seen.push(code);
+    }
+    assert!(
+        seen.iter().all(|c| *c == Some(1009)),
+        "close codes through nginx (None: reset or dropped, seen by a browser as 1006): {seen:?}\n{}\n{}",
+        nginx.log(),
+        node.log()
+    );
+}
