@@ -51,7 +51,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if let Some(token) = header_token {
-        return verifier.verify(token).map_err(|e| refused(&e));
+        return verifier.verify_async(token).await.map_err(|e| refused(&e));
     }
     let first = tokio::select! {
         first = tokio::time::timeout(timeout, first_data_frame(ws)) => first,
@@ -69,7 +69,9 @@ where
         Ok(Ok(bytes)) => bytes,
     };
     match codec.decode(&bytes) {
-        Ok(ClientFrame::Auth { token }) => verifier.verify(&token).map_err(|e| refused(&e)),
+        Ok(ClientFrame::Auth { token }) => {
+            verifier.verify_async(&token).await.map_err(|e| refused(&e))
+        }
         Ok(_) | Err(_) => {
             m::auth_failed("missing");
             Err(AuthOutcome::Refused(

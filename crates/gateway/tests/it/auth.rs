@@ -22,42 +22,42 @@ const RSA_TENANT: &str = "globex";
 const HS_TENANT: &str = "initech";
 const HS_TENANT_SECRET: &str = "initech-own-secret-0123456789";
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
 }
 
-fn read_fixture(name: &str) -> Vec<u8> {
+pub(crate) fn read_fixture(name: &str) -> Vec<u8> {
     std::fs::read(fixture(name)).expect("fixture")
 }
 
-fn rsa_key() -> EncodingKey {
+pub(crate) fn rsa_key() -> EncodingKey {
     EncodingKey::from_rsa_pem(&read_fixture("test-only-rsa-private.pem")).unwrap()
 }
 
-fn rsa2_key() -> EncodingKey {
+pub(crate) fn rsa2_key() -> EncodingKey {
     EncodingKey::from_rsa_pem(&read_fixture("test-only-rsa2-private.pem")).unwrap()
 }
 
-fn ec_key() -> EncodingKey {
+pub(crate) fn ec_key() -> EncodingKey {
     EncodingKey::from_ec_pem(&read_fixture("test-only-ec-p256-private.pem")).unwrap()
 }
 
-fn hs_key(secret: &str) -> EncodingKey {
+pub(crate) fn hs_key(secret: &str) -> EncodingKey {
     EncodingKey::from_secret(secret.as_bytes())
 }
 
 /// Valid claims for an hour.
-fn claims(sub: &str, tenant: &str) -> Value {
+pub(crate) fn claims(sub: &str, tenant: &str) -> Value {
     json!({"sub": sub, "tenant": tenant, "exp": now_secs() + 3600, "rooms": ["lobby"], "publish": ["lobby"]})
 }
 
-fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
+pub(crate) fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
     encode(&Header::new(alg), claims, key).expect("sign")
 }
 
-fn default_token(sub: &str, tenant: &str) -> String {
+pub(crate) fn default_token(sub: &str, tenant: &str) -> String {
     sign(Algorithm::HS256, &hs_key(SECRET), &claims(sub, tenant))
 }
 
@@ -69,7 +69,7 @@ fn rs256_default(c: &mut Config) {
 }
 
 /// Connects with a header token and expects the welcome.
-async fn welcomed(server: &TestServer, token: &str) -> (Client, Value) {
+pub(crate) async fn welcomed(server: &TestServer, token: &str) -> (Client, Value) {
     let mut c = Client::connect(&server.ws_url(), None, Some(token)).await;
     let welcome = c.recv().await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
@@ -78,7 +78,7 @@ async fn welcomed(server: &TestServer, token: &str) -> (Client, Value) {
 
 /// Connects with a header token (the handshake must succeed: `connect`
 /// panics otherwise) and expects close 4001 as the very first event.
-async fn refused(server: &TestServer, token: &str, what: &str) {
+pub(crate) async fn refused(server: &TestServer, token: &str, what: &str) {
     let mut c = Client::connect(&server.ws_url(), None, Some(token)).await;
     match c.next_event(WAIT).await {
         Some(Event::Closed(Some((4001, _)))) => {}
@@ -182,7 +182,8 @@ async fn a_tenant_with_its_own_key_is_verified_with_that_key_only() {
                 algorithm: Some(JwtAlgorithm::RS256),
                 secret: None,
                 public_key_file: Some(fixture("test-only-rsa2-public.pem")),
-            },
+            }
+            .into(),
         );
         c.auth.tenants.insert(
             HS_TENANT.into(),
@@ -190,7 +191,8 @@ async fn a_tenant_with_its_own_key_is_verified_with_that_key_only() {
                 algorithm: Some(JwtAlgorithm::HS256),
                 secret: Some(HS_TENANT_SECRET.into()),
                 public_key_file: None,
-            },
+            }
+            .into(),
         );
     })
     .await;
