@@ -27,9 +27,10 @@ pub use self::error::ConfigError;
 pub use self::sections::EXAMPLE_CONFIG;
 pub use self::sections::{
     ApiKeyConfig, AuthConfig, Config, HistoryRule, JwtAlgorithm, KeyConfig, Limits, LogConfig,
-    LogFormat, MAX_HISTORY_SIZE, MAX_HISTORY_TTL, RedisConfig, SessionConfig, ShutdownConfig,
-    TlsConfig,
+    LogFormat, MAX_HISTORY_SIZE, MAX_HISTORY_TTL, NamedKeyConfig, RedisConfig, SessionConfig,
+    ShutdownConfig, TenantAuthConfig, TlsConfig,
 };
+pub use self::sections::{HttpConfig, MAX_TOP_TENANTS, MetricsConfig};
 pub use self::validate::{DEV_API_KEY, DEV_SECRET};
 
 /// The top-level keys that environment overrides may set.
@@ -37,6 +38,8 @@ const ENV_SECTIONS: &[&str] = &[
     "node_id",
     "listen",
     "metrics_listen",
+    "http",
+    "metrics",
     "log",
     "auth",
     "api_keys",

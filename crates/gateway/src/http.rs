@@ -20,8 +20,14 @@ pub use self::error::ApiError;
 
 use crate::node::Node;
 
-/// The whole HTTP app of a node.
+/// The whole HTTP app of a node's main listener. `/metrics` is served here
+/// only when there is no `metrics_listen` (then it is served there only).
 pub fn router(node: Node) -> Router {
+    let ops = if node.config().metrics_listen.is_some() {
+        health_router()
+    } else {
+        ops_router()
+    };
     Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/v1/publish", post(api::publish))
@@ -39,7 +45,7 @@ pub fn router(node: Node) -> Router {
             post(api::disconnect_user),
         )
         .route("/v1/stats", get(api::stats))
-        .merge(ops_router())
+        .merge(ops)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn(count_requests))
@@ -64,8 +70,12 @@ async fn count_requests(
 
 /// `/healthz`, `/readyz` and `/metrics` only, for a separate metrics listener.
 pub fn ops_router() -> Router<Node> {
+    health_router().route("/metrics", get(ops::metrics))
+}
+
+/// `/healthz` and `/readyz`.
+fn health_router() -> Router<Node> {
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
 }

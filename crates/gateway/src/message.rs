@@ -84,9 +84,17 @@ impl EncodedFrame {
         }
     }
 
-    /// Size of the JSON encoding, used for payload limits.
+    /// Size of the JSON encoding.
     pub fn json_len(&self) -> usize {
         self.json.len()
+    }
+
+    /// Size of the larger of the two encodings, used for payload limits:
+    /// MessagePack is the larger one for arrays of floats (9 bytes per
+    /// number against as few as 2 in JSON), and a MessagePack client's queue
+    /// must hold what the limit lets through as surely as a JSON client's.
+    pub fn encoded_len(&self) -> usize {
+        self.json.len().max(self.msgpack.len())
     }
 
     /// The JSON encoding's bytes (shared, not copied): what history stores.

@@ -7,15 +7,23 @@
 //! passing a registry around); installation is idempotent so tests that run
 //! several nodes in one process share it.
 
-use std::sync::OnceLock;
+use std::fmt::Write as _;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Instant;
 
+use dashmap::DashMap;
 use fanout_protocol::{CloseCode, Name};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Open connections, by tenant.
+/// Open connections, by tenant: a series for each of the `metrics.top_tenants`
+/// tenants with the most connections, the others summed in
+/// `tenant="(other)"` (always present). Rendered at scrape time from
+/// [`TenantConnections`], so that a tenant gone leaves no series behind.
 pub const CONNECTIONS: &str = "fanout_connections";
+/// The `tenant` label value of the tenants beyond the top ones; not a
+/// valid tenant name, so it never collides with one.
+pub const OTHER_TENANTS: &str = "(other)";
 /// Connections opened (authenticated and admitted).
 pub const CONNECTIONS_OPENED: &str = "fanout_connections_opened_total";
 /// Connections closed, by close code label.
@@ -84,6 +92,12 @@ pub const IDEMPOTENCY_EVICTED: &str = "fanout_idempotency_evicted_total";
 pub const IDEMPOTENT_DUPLICATES: &str = "fanout_idempotent_duplicates_total";
 /// Recovering subscribes, by outcome (`recovered`, `not_recovered`).
 pub const RECOVERIES: &str = "fanout_recoveries_total";
+/// Listener connections in HTTP (accepted, not upgraded to a WebSocket).
+pub const HTTP_CONNECTIONS: &str = "fanout_http_connections";
+/// HTTP connections closed by a limit (`limit`: `header_timeout`,
+/// `idle_timeout`), and requests refused or connections closed beyond
+/// `http.max_connections` (`limit="max_connections"`).
+pub const HTTP_LIMITED: &str = "fanout_http_limited_total";
 /// Room stream anomalies seen by this node, by kind: `duplicate` (dropped),
 /// `reordered` (held until the missing offsets came), `filled` (from
 /// history), `lost` (could not be filled: members closed with 4010).
@@ -138,13 +152,74 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Open connections per tenant, for [`CONNECTIONS`]. Process-wide like the
+/// recorder (one node per process in production); a tenant's entry goes
+/// with its last connection.
+#[derive(Debug, Default)]
+pub struct TenantConnections {
+    counts: DashMap<Name, u64>,
+}
+
+impl TenantConnections {
+    fn opened(&self, tenant: &Name) {
+        *self.counts.entry(tenant.clone()).or_insert(0) += 1;
+    }
+
+    fn closed(&self, tenant: &Name) {
+        if let dashmap::Entry::Occupied(mut e) = self.counts.entry(tenant.clone()) {
+            *e.get_mut() = e.get().saturating_sub(1);
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// The [`CONNECTIONS`] family in Prometheus text: the `top` tenants with
+    /// the most connections (ties by name), then `tenant="(other)"` with
+    /// the rest (0 when there is none). At most `top + 1` series.
+    pub fn render(&self, top: usize) -> String {
+        let mut counts: Vec<(Name, u64)> = self
+            .counts
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
+        counts.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let other: u64 = counts.iter().skip(top).map(|(_, n)| n).sum();
+        let mut text = format!("# TYPE {CONNECTIONS} gauge\n");
+        for (tenant, n) in counts.iter().take(top) {
+            // Tenant names need no escaping: letters, digits and _ . : @ -.
+            let _ = writeln!(text, "{CONNECTIONS}{{tenant=\"{tenant}\"}} {n}");
+        }
+        let _ = writeln!(text, "{CONNECTIONS}{{tenant=\"{OTHER_TENANTS}\"}} {other}");
+        text
+    }
+}
+
+/// The process's [`TenantConnections`].
+pub fn tenant_connections() -> &'static TenantConnections {
+    static TENANTS: LazyLock<TenantConnections> = LazyLock::new(TenantConnections::default);
+    &TENANTS
+}
+
 pub(crate) fn connection_opened(tenant: &Name) {
-    gauge!(CONNECTIONS, "tenant" => tenant.to_string()).increment(1.0);
+    tenant_connections().opened(tenant);
     counter!(CONNECTIONS_OPENED).increment(1);
 }
 
 pub(crate) fn connection_closed(tenant: &Name) {
-    gauge!(CONNECTIONS, "tenant" => tenant.to_string()).decrement(1.0);
+    tenant_connections().closed(tenant);
+}
+
+pub(crate) fn http_connection_opened() {
+    gauge!(HTTP_CONNECTIONS).increment(1.0);
+}
+
+pub(crate) fn http_connection_closed() {
+    gauge!(HTTP_CONNECTIONS).decrement(1.0);
+}
+
+pub(crate) fn http_limited(limit: &'static str) {
+    counter!(HTTP_LIMITED, "limit" => limit).increment(1);
 }
 
 pub(crate) fn close_code(code: CloseCode) {
@@ -275,4 +350,47 @@ pub(crate) fn recovery(recovered: bool) {
 
 pub(crate) fn stream_event(kind: &'static str, n: u64) {
     counter!(STREAM_EVENTS, "kind" => kind).increment(n);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Name {
+        Name::new("tenant", s).unwrap()
+    }
+
+    #[test]
+    fn tenant_series_are_the_top_ones_plus_other_and_leave_with_their_tenant() {
+        let t = TenantConnections::default();
+        assert_eq!(
+            t.render(2),
+            "# TYPE fanout_connections gauge\nfanout_connections{tenant=\"(other)\"} 0\n"
+        );
+        for (tenant, n) in [("a", 1), ("b", 3), ("c", 2), ("d", 2), ("other", 1)] {
+            for _ in 0..n {
+                t.opened(&name(tenant));
+            }
+        }
+        let text = t.render(2);
+        let series: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(
+            series,
+            [
+                "fanout_connections{tenant=\"b\"} 3",
+                "fanout_connections{tenant=\"c\"} 2",
+                "fanout_connections{tenant=\"(other)\"} 4",
+            ]
+        );
+        for _ in 0..3 {
+            t.closed(&name("b"));
+        }
+        t.closed(&name("zzz"));
+        assert!(!t.render(10).contains("\"b\""));
+        assert_eq!(t.render(10).lines().count(), 1 + 4 + 1);
+        assert!(
+            t.render(0)
+                .ends_with("fanout_connections{tenant=\"(other)\"} 6\n")
+        );
+    }
 }

@@ -4,15 +4,16 @@
 //! serves until its shutdown token is cancelled and then drains within the
 //! configured grace: readiness false, no new upgrades (503), every client
 //! closed with 1012, wait for sessions to finish, then stop the bus. Tests
-//! use the same type on port 0.
+//! use the same type on port 0. Both listeners serve HTTP through
+//! `server::connections`, which bounds every connection until it is upgraded
+//! (`[http]`).
+
+mod connections;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
-use axum::serve::Listener;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,7 @@ use crate::cluster::embedded::{EmbeddedBus, EmbeddedLimits};
 use crate::cluster::redis::RedisBus;
 use crate::config::Config;
 use crate::http;
-use crate::http::listener::{GuardedListener, PeerAddr};
+use crate::http::listener::GuardedListener;
 use crate::http::tls::{self, TlsListener};
 use crate::hub::Hub;
 use crate::node::{Node, NodeParts};
@@ -190,19 +191,31 @@ impl Server {
         // answers 503 and new upgrades get 503 instead of a refused
         // connection; they stop once the sessions are gone.
         let http_stop = CancellationToken::new();
-        let app = http::router(node.clone()).into_make_service_with_connect_info::<PeerAddr>();
+        let app = http::router(node.clone());
+        let limits = node.config().http.clone();
         let guarded = GuardedListener::new(listener);
         let mut main = match tls {
-            Some(acceptor) => spawn_serve(TlsListener::new(guarded, acceptor), app, &http_stop),
-            None => spawn_serve(guarded, app, &http_stop),
+            Some(acceptor) => tokio::spawn(connections::serve(
+                TlsListener::new(guarded, acceptor),
+                app,
+                limits.clone(),
+                http_stop.clone(),
+            )),
+            None => tokio::spawn(connections::serve(
+                guarded,
+                app,
+                limits.clone(),
+                http_stop.clone(),
+            )),
         };
         let ops = metrics_listener.map(|l| {
             let app = http::ops_router().with_state(node.clone());
-            tokio::spawn(
-                axum::serve(l, app)
-                    .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-                    .into_future(),
-            )
+            tokio::spawn(connections::serve(
+                GuardedListener::new(l),
+                app,
+                limits.clone(),
+                http_stop.clone(),
+            ))
         });
 
         shutdown.cancelled().await;
@@ -234,23 +247,6 @@ impl Server {
         info!("stopped");
         Ok(())
     }
-}
-
-/// Serves `app` on `listener` until `stop`, in a task.
-fn spawn_serve<L>(
-    listener: L,
-    app: IntoMakeServiceWithConnectInfo<Router, PeerAddr>,
-    stop: &CancellationToken,
-) -> tokio::task::JoinHandle<std::io::Result<()>>
-where
-    L: Listener<Addr = SocketAddr>,
-    for<'a> PeerAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
-{
-    tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
-    )
 }
 
 /// The drain: readiness false at once; after `readiness_delay` the clients

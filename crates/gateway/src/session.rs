@@ -91,7 +91,6 @@ where
         let Some(mut session) = opening.await else {
             return;
         };
-        session.welcome();
         session.run().await;
         session.cleanup().await;
     }
@@ -165,7 +164,23 @@ async fn admit<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match node.admit(grant, codec).await {
+    let greet = |conn: &ConnHandle| {
+        let ping = node.config().session.ping_interval.as_secs().max(1);
+        let welcome = ServerFrame::Welcome {
+            conn: &conn.public_id,
+            node: node.id(),
+            tenant: grant.tenant.as_str(),
+            user: grant.user.as_str(),
+            ping_interval: ping,
+        };
+        match conn.codec.encode(&welcome) {
+            Ok(encoded) => {
+                let _ = conn.queue.push(to_message(encoded));
+            }
+            Err(e) => warn!(error = %e, "encoding the welcome failed"),
+        }
+    };
+    match node.admit(grant, codec, greet).await {
         Ok(handle) => Some(handle),
         Err(AdmitError::Limit(limit)) => {
             close_socket(
@@ -362,17 +377,6 @@ where
             }
             Err(e) => warn!(error = %e, "encoding a reply failed"),
         }
-    }
-
-    fn welcome(&self) {
-        let ping = self.node.config().session.ping_interval.as_secs().max(1);
-        self.reply(&ServerFrame::Welcome {
-            conn: &self.handle.public_id,
-            node: self.node.id(),
-            tenant: self.grant.tenant.as_str(),
-            user: self.grant.user.as_str(),
-            ping_interval: ping,
-        });
     }
 
     fn next_deadline(&self) -> Instant {

@@ -17,10 +17,16 @@ pub struct Config {
     /// Node id shown in `welcome` and used in the cluster registry. Must be
     /// unique among running nodes; defaults to `<hostname>-<random>`.
     pub node_id: Option<String>,
-    /// Address for WebSockets, the HTTP API and (by default) `/metrics`.
+    /// Address for WebSockets, the HTTP API, `/healthz`, `/readyz` and
+    /// (without `metrics_listen`) `/metrics`.
     pub listen: SocketAddr,
-    /// Optional separate address for `/metrics`, `/healthz` and `/readyz`.
+    /// Optional separate address for `/metrics` (then served there only),
+    /// `/healthz` and `/readyz`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Time and number limits of HTTP connections on the listeners.
+    pub http: HttpConfig,
+    /// What `/metrics` shows.
+    pub metrics: MetricsConfig,
     /// Logging.
     pub log: LogConfig,
     /// Token verification.
@@ -80,6 +86,8 @@ impl Default for Config {
             node_id: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             metrics_listen: None,
+            http: HttpConfig::default(),
+            metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             api_keys: Vec::new(),
@@ -92,6 +100,57 @@ impl Default for Config {
         }
     }
 }
+
+/// HTTP connections on the listeners (`listen`, `metrics_listen`), from
+/// their accept until they are upgraded to a WebSocket or closed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A request head must be complete within this, from the accept (TLS
+    /// handshake included) or from the first byte of the request on a
+    /// keep-alive connection; else the connection is closed (slowloris).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after
+    /// this. Longer than the keep-alive of a proxy in front (nginx: 60 s),
+    /// so that the proxy, not the node, closes idle connections.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Connections served as usual while in HTTP. Beyond it a connection
+    /// gets one request within 2 s of its accept, and only a WebSocket
+    /// upgrade or `/healthz`, `/readyz`, `/metrics`; other requests answer
+    /// 503, so that descriptors stay for WebSockets.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(75),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// What `/metrics` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `fanout_connections` has a series for each of this many tenants
+    /// with the most connections on the node, and one, `tenant="(other)"`,
+    /// for all the others; 0 = only that one.
+    pub top_tenants: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { top_tenants: 20 }
+    }
+}
+
+/// Largest `metrics.top_tenants`: every series is scraped and stored.
+pub const MAX_TOP_TENANTS: usize = 1000;
 
 /// Log output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,31 +212,154 @@ impl KeyConfig {
     }
 }
 
-/// Token verification: a default key and optional per-tenant keys.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// One key of a key set chosen by the `kid` in a token's header
+/// (`[[auth.keys]]`, `[[auth.tenants.<t>.keys]]`): several can be listed at
+/// once, so that keys are rotated without downtime.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedKeyConfig {
+    /// Key id: a token whose header has this `kid` is verified with this key only.
+    pub kid: String,
+    /// The algorithm tokens must be signed with; any other is refused.
+    #[serde(default)]
+    pub algorithm: Option<JwtAlgorithm>,
+    /// Shared secret for HS256.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// PEM public key file for RS256 / ES256.
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+}
+
+impl NamedKeyConfig {
+    /// The key material, without the id.
+    pub fn key(&self) -> KeyConfig {
+        KeyConfig {
+            algorithm: self.algorithm,
+            secret: self.secret.clone(),
+            public_key_file: self.public_key_file.clone(),
+        }
+    }
+}
+
+/// Token verification: the default keys and what tokens must say, and
+/// optional per-tenant keys and expectations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Algorithm of the default key (for tenants without their own key).
+    /// Algorithm of the default key without a `kid` (for tenants without their own keys).
     pub algorithm: Option<JwtAlgorithm>,
-    /// HS256 secret of the default key.
+    /// HS256 secret of the default key without a `kid`.
     pub secret: Option<String>,
-    /// RS256 / ES256 PEM public key file of the default key.
+    /// RS256 / ES256 PEM public key file of the default key without a `kid`.
     pub public_key_file: Option<PathBuf>,
-    /// Clock skew allowed when checking `exp`.
+    /// Default keys with a `kid`, for rotation.
+    pub keys: Vec<NamedKeyConfig>,
+    /// Default keys from a JWKS document (`https://`, or `http://` on loopback only).
+    pub jwks_url: Option<String>,
+    /// Expected `aud`: when set, a token must name it in `aud`.
+    pub audience: Option<String>,
+    /// Expected `iss`: when set, a token's `iss` must be exactly this.
+    pub issuer: Option<String>,
+    /// Clock skew allowed when checking `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
-    /// Keys of tenants that sign their own tokens. A token whose `tenant`
-    /// has a key here is verified with that key only.
-    pub tenants: BTreeMap<String, KeyConfig>,
+    /// Every JWKS is fetched again this often.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// A token with a `kid` no key has makes the JWKS be fetched again, at
+    /// most once per this (failed fetches count).
+    #[serde(with = "humantime_serde")]
+    pub jwks_min_refetch: Duration,
+    /// Longest JWKS fetch; also bounds how long a connecting client waits for one.
+    #[serde(with = "humantime_serde")]
+    pub jwks_timeout: Duration,
+    /// Tenants that sign their own tokens or expect other claims. A token
+    /// whose `tenant` has keys here is verified with those keys only.
+    pub tenants: BTreeMap<String, TenantAuthConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: None,
+            secret: None,
+            public_key_file: None,
+            keys: Vec::new(),
+            jwks_url: None,
+            audience: None,
+            issuer: None,
+            leeway: Duration::ZERO,
+            jwks_refresh: Duration::from_secs(300),
+            jwks_min_refetch: Duration::from_secs(30),
+            jwks_timeout: Duration::from_secs(3),
+            tenants: BTreeMap::new(),
+        }
+    }
 }
 
 impl AuthConfig {
-    /// The key for tenants without their own key.
+    /// The default key without a `kid`.
     pub fn default_key(&self) -> KeyConfig {
         KeyConfig {
             algorithm: self.algorithm,
             secret: self.secret.clone(),
             public_key_file: self.public_key_file.clone(),
+        }
+    }
+
+    /// Whether any default key is configured (without a `kid`, with one, or a JWKS).
+    pub fn has_default_keys(&self) -> bool {
+        self.default_key().is_set() || !self.keys.is_empty() || self.jwks_url.is_some()
+    }
+}
+
+/// `[auth.tenants.<t>]`: a tenant's own keys (any of a key without a `kid`,
+/// `keys`, `jwks_url`), and what its tokens must say. `audience` and
+/// `issuer` replace the global ones for this tenant; unset, the global ones
+/// apply. A tenant with no key of its own uses the default keys.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantAuthConfig {
+    /// Algorithm of the tenant's key without a `kid`.
+    pub algorithm: Option<JwtAlgorithm>,
+    /// HS256 secret of the tenant's key without a `kid`.
+    pub secret: Option<String>,
+    /// RS256 / ES256 PEM public key file of the tenant's key without a `kid`.
+    pub public_key_file: Option<PathBuf>,
+    /// The tenant's keys with a `kid`.
+    pub keys: Vec<NamedKeyConfig>,
+    /// The tenant's JWKS.
+    pub jwks_url: Option<String>,
+    /// Expected `aud` for this tenant (replaces `auth.audience`).
+    pub audience: Option<String>,
+    /// Expected `iss` for this tenant (replaces `auth.issuer`).
+    pub issuer: Option<String>,
+}
+
+impl TenantAuthConfig {
+    /// The tenant's key without a `kid`.
+    pub fn key(&self) -> KeyConfig {
+        KeyConfig {
+            algorithm: self.algorithm,
+            secret: self.secret.clone(),
+            public_key_file: self.public_key_file.clone(),
+        }
+    }
+
+    /// Whether the tenant has keys of its own (then the default keys never verify its tokens).
+    pub fn has_own_keys(&self) -> bool {
+        self.key().is_set() || !self.keys.is_empty() || self.jwks_url.is_some()
+    }
+}
+
+impl From<KeyConfig> for TenantAuthConfig {
+    fn from(key: KeyConfig) -> Self {
+        Self {
+            algorithm: key.algorithm,
+            secret: key.secret,
+            public_key_file: key.public_key_file,
+            ..Self::default()
         }
     }
 }

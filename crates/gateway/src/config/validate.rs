@@ -2,7 +2,8 @@
 
 use super::error::ConfigError;
 use super::sections::{
-    Config, HistoryRule, JwtAlgorithm, KeyConfig, MAX_HISTORY_SIZE, MAX_HISTORY_TTL, RedisConfig,
+    AuthConfig, Config, HistoryRule, JwtAlgorithm, KeyConfig, MAX_HISTORY_SIZE, MAX_HISTORY_TTL,
+    NamedKeyConfig, RedisConfig,
 };
 
 /// HS256 secret of development mode. Public on purpose: development mode only
@@ -21,9 +22,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 impl Config {
     /// Development mode: no token key and no API key configured.
     pub fn is_dev_mode(&self) -> bool {
-        !self.auth.default_key().is_set()
-            && self.auth.tenants.is_empty()
-            && self.api_keys.is_empty()
+        !self.auth.has_default_keys() && self.auth.tenants.is_empty() && self.api_keys.is_empty()
     }
 
     /// Checks every value that types alone cannot.
@@ -43,10 +42,7 @@ impl Config {
             fanout_protocol::names::validate_name("node", id)
                 .map_err(|e| invalid("node_id", e.to_string()))?;
         }
-        check_key("auth", &self.auth.default_key(), false)?;
-        for key in self.auth.tenants.values() {
-            check_key("auth.tenants", key, true)?;
-        }
+        validate_auth(&self.auth)?;
         for tenant in self.auth.tenants.keys() {
             fanout_protocol::names::validate_name("tenant", tenant)
                 .map_err(|e| invalid("auth.tenants", e.to_string()))?;
@@ -64,6 +60,7 @@ impl Config {
             }
         }
         self.validate_limits()?;
+        validate_http(&self.http, &self.metrics)?;
         for rule in &self.history {
             validate_history(rule)?;
         }
@@ -185,23 +182,130 @@ impl Config {
         if l.idempotency_keys == 0 {
             return Err(invalid("limits.idempotency_keys", "must be at least 1"));
         }
-        if l.send_queue_bytes < l.max_message_bytes {
+        if l.send_queue_bytes < 2 * l.max_message_bytes {
             return Err(invalid(
                 "limits.send_queue_bytes",
-                "must be at least limits.max_message_bytes, or one large message closes every reader",
+                "must be at least twice limits.max_message_bytes, or one or two large messages close every reader",
             ));
         }
         Ok(())
     }
 }
 
+fn validate_auth(auth: &AuthConfig) -> Result<(), ConfigError> {
+    check_key("auth", &auth.default_key(), false)?;
+    check_named_keys("auth.keys", &auth.keys)?;
+    if let Some(url) = &auth.jwks_url {
+        check_jwks_url("auth.jwks_url", url)?;
+    }
+    check_expected("auth.audience", auth.audience.as_deref())?;
+    check_expected("auth.issuer", auth.issuer.as_deref())?;
+    for (field, value) in [
+        ("auth.jwks_refresh", auth.jwks_refresh),
+        ("auth.jwks_min_refetch", auth.jwks_min_refetch),
+    ] {
+        if value < std::time::Duration::from_secs(1) {
+            return Err(invalid(field, "must be at least 1s"));
+        }
+    }
+    if auth.jwks_timeout.is_zero() || auth.jwks_timeout > std::time::Duration::from_secs(30) {
+        return Err(invalid(
+            "auth.jwks_timeout",
+            "must be greater than zero and at most 30s (connecting clients wait for a fetch)",
+        ));
+    }
+    for tenant in auth.tenants.values() {
+        if tenant.has_own_keys() {
+            check_key("auth.tenants", &tenant.key(), false)?;
+            check_named_keys("auth.tenants.keys", &tenant.keys)?;
+            if let Some(url) = &tenant.jwks_url {
+                check_jwks_url("auth.tenants.jwks_url", url)?;
+            }
+        } else if tenant.algorithm.is_some() {
+            return Err(invalid(
+                "auth.tenants",
+                "`algorithm` is set but no `secret` or `public_key_file`",
+            ));
+        } else if tenant.audience.is_none() && tenant.issuer.is_none() {
+            return Err(invalid(
+                "auth.tenants",
+                "a tenant entry needs its own key (`secret`, `public_key_file`, `keys` or \
+                 `jwks_url`), or an `audience` / `issuer` to expect with the default keys",
+            ));
+        } else if !auth.has_default_keys() {
+            return Err(invalid(
+                "auth.tenants",
+                "a tenant entry without its own key uses the default keys, but none is configured",
+            ));
+        }
+        check_expected("auth.tenants.audience", tenant.audience.as_deref())?;
+        check_expected("auth.tenants.issuer", tenant.issuer.as_deref())?;
+    }
+    Ok(())
+}
+
+fn check_named_keys(field: &'static str, keys: &[NamedKeyConfig]) -> Result<(), ConfigError> {
+    let mut kids = std::collections::HashSet::new();
+    for key in keys {
+        if key.kid.is_empty() {
+            return Err(invalid(field, "`kid` must not be empty"));
+        }
+        if !kids.insert(key.kid.as_str()) {
+            return Err(invalid(field, format!("kid {:?} is listed twice", key.kid)));
+        }
+        check_key(field, &key.key(), true)?;
+    }
+    Ok(())
+}
+
+fn check_expected(field: &'static str, value: Option<&str>) -> Result<(), ConfigError> {
+    if value.is_some_and(str::is_empty) {
+        return Err(invalid(
+            field,
+            "must not be empty (leave it unset to check nothing)",
+        ));
+    }
+    Ok(())
+}
+
+/// A JWKS is fetched over `https://`; plain `http://` only from a loopback
+/// address (a sidecar on the same host, tests), where nobody on the
+/// network can substitute keys.
+fn check_jwks_url(field: &'static str, url: &str) -> Result<(), ConfigError> {
+    if let Some(rest) = url.strip_prefix("https://") {
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(invalid(field, format!("{url:?} has no host")));
+        }
+        return Ok(());
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(invalid(field, format!("{url:?} is not an https:// URL")));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback || authority.contains('@') {
+        return Err(invalid(
+            field,
+            format!(
+                "{url:?}: plain http:// is allowed only for a loopback host \
+                 (127.0.0.1, [::1], localhost); use https://"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_key(field: &'static str, key: &KeyConfig, must_be_set: bool) -> Result<(), ConfigError> {
     if !key.is_set() {
         if must_be_set {
-            return Err(invalid(
-                field,
-                "a tenant key needs `secret` or `public_key_file`",
-            ));
+            return Err(invalid(field, "a key needs `secret` or `public_key_file`"));
         }
         if key.algorithm.is_some() {
             return Err(invalid(
@@ -323,6 +427,37 @@ fn validate_history(rule: &HistoryRule) -> Result<(), ConfigError> {
                 "must be 1s to {}, got {}",
                 humantime_serde::re::humantime::format_duration(MAX_HISTORY_TTL),
                 humantime_serde::re::humantime::format_duration(rule.ttl)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_http(
+    http: &super::sections::HttpConfig,
+    metrics: &super::sections::MetricsConfig,
+) -> Result<(), ConfigError> {
+    if http.header_read_timeout.is_zero() {
+        return Err(invalid(
+            "http.header_read_timeout",
+            "must be greater than zero",
+        ));
+    }
+    if http.keepalive_timeout < std::time::Duration::from_secs(1) {
+        return Err(invalid(
+            "http.keepalive_timeout",
+            "must be at least 1s (a response is being written while it runs)",
+        ));
+    }
+    if http.max_connections == 0 {
+        return Err(invalid("http.max_connections", "must be at least 1"));
+    }
+    if metrics.top_tenants > super::sections::MAX_TOP_TENANTS {
+        return Err(invalid(
+            "metrics.top_tenants",
+            format!(
+                "must be at most {}: every series is scraped and stored",
+                super::sections::MAX_TOP_TENANTS
             ),
         ));
     }

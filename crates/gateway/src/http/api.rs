@@ -1,7 +1,7 @@
 //! Handlers of the backend API (`/v1/...`).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use fanout_protocol::api::{
     BatchRequest, BatchResponse, HistoryResponse, PresenceResponse, PublishRequest,
@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiError;
-use super::extract::{ApiKey, Body};
+use super::extract::{ApiKey, ApiPath, ApiQuery, Body};
 use crate::node::{Node, NodeError, Publish, PublishSource, Sent};
 
 fn node_ready(node: &Node) -> Result<(), ApiError> {
@@ -93,7 +93,7 @@ fn names(tenant: &str, second_kind: &'static str, second: &str) -> Result<(Name,
 pub(crate) async fn presence(
     State(node): State<Node>,
     key: ApiKey,
-    Path((tenant, room)): Path<(String, String)>,
+    ApiPath((tenant, room)): ApiPath<(String, String)>,
 ) -> Result<Json<PresenceResponse>, ApiError> {
     key.check_tenant(&tenant)?;
     let (tenant, room) = names(&tenant, "room", &room)?;
@@ -113,8 +113,8 @@ pub(crate) struct HistoryParams {
 pub(crate) async fn history(
     State(node): State<Node>,
     key: ApiKey,
-    Path((tenant, room)): Path<(String, String)>,
-    Query(params): Query<HistoryParams>,
+    ApiPath((tenant, room)): ApiPath<(String, String)>,
+    ApiQuery(params): ApiQuery<HistoryParams>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
     key.check_tenant(&tenant)?;
     let (tenant, room) = names(&tenant, "room", &room)?;
@@ -148,7 +148,7 @@ pub(crate) async fn history(
 pub(crate) async fn disconnect_user(
     State(node): State<Node>,
     key: ApiKey,
-    Path((tenant, user)): Path<(String, String)>,
+    ApiPath((tenant, user)): ApiPath<(String, String)>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     key.check_tenant(&tenant)?;
     let (tenant, user) = names(&tenant, "user", &user)?;

@@ -1,6 +1,7 @@
-//! Extractors of the API: the API key, and a body in JSON or MessagePack.
+//! Extractors of the API: the API key, a body in JSON or MessagePack, and
+//! path parameters and queries whose refusals are the API's JSON errors.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
@@ -79,5 +80,36 @@ impl<T: DeserializeOwned> FromRequest<Node> for Body<T> {
             other => return Err(ApiError::UnsupportedMediaType(other.to_owned())),
         };
         Ok(Body(value))
+    }
+}
+
+/// `Path`, refused with the API's JSON error (axum's own rejection is
+/// plain text, e.g. for a percent-encoded name that is not UTF-8).
+#[derive(Debug)]
+pub(crate) struct ApiPath<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<Node> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Node) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, node).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(e) => Err(ApiError::BadBody(e.body_text())),
+        }
+    }
+}
+
+/// `Query`, refused with the API's JSON error (axum's own is plain text).
+#[derive(Debug)]
+pub(crate) struct ApiQuery<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<Node> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Node) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, node).await {
+            Ok(Query(value)) => Ok(Self(value)),
+            Err(e) => Err(ApiError::BadBody(e.body_text())),
+        }
     }
 }

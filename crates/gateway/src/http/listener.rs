@@ -11,8 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
@@ -34,15 +33,10 @@ impl GuardedListener {
     }
 }
 
-/// The peer address of a connection, as handlers extract it.
+/// The peer address of a connection, as handlers extract it
+/// (`ConnectInfo<PeerAddr>`, set by the server for every request).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, GuardedListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, GuardedListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
 
 fn is_peer_gone(e: &io::Error) -> bool {
     matches!(

@@ -22,10 +22,13 @@ pub(crate) async fn readyz(State(node): State<Node>) -> impl IntoResponse {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format. The per-tenant connection
+/// gauge is rendered here, bounded to the top tenants (`metrics.top_tenants`).
 pub(crate) async fn metrics(State(node): State<Node>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.render_metrics(),
-    )
+    let mut text = node.render_metrics();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&crate::metrics::tenant_connections().render(node.config().metrics.top_tenants));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

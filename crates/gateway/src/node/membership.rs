@@ -92,7 +92,17 @@ impl Node {
     /// limits on this node (atomically, in the hub), then across the
     /// cluster (the bus). On success the connection is in the hub and
     /// registered; on failure it is in neither.
-    pub async fn admit(&self, grant: &Grant, codec: Codec) -> Result<Arc<ConnHandle>, AdmitError> {
+    ///
+    /// `greet` runs on the new connection before it can be reached (before
+    /// the hub has it), so what it queues (the `welcome`) is the first frame
+    /// the client gets, even when a message for the user or tenant arrives
+    /// while the cluster registers the connection.
+    pub async fn admit(
+        &self,
+        grant: &Grant,
+        codec: Codec,
+        greet: impl FnOnce(&ConnHandle),
+    ) -> Result<Arc<ConnHandle>, AdmitError> {
         let hub = &self.inner.hub;
         let limits = &self.inner.config.limits;
         let id = hub.next_conn_id();
@@ -104,6 +114,7 @@ impl Node {
             codec,
             SendQueue::new(limits.send_queue_messages, limits.send_queue_bytes),
         ));
+        greet(&handle);
         hub.try_insert(handle.clone(), self.conn_limits())?;
         if let Err(err) = self.inner.bus.register(&handle, self.conn_limits()).await {
             hub.remove(handle.id);

@@ -141,9 +141,9 @@ impl Node {
         // frame, so that a message that passes it fits every reader's queue.
         let size = match &publish.audience {
             Audience::Room(room) if self.stream_spec(&publish.tenant, room).is_some() => {
-                encoded.json_len() + POSITION_SUFFIX_MAX
+                encoded.encoded_len() + POSITION_SUFFIX_MAX
             }
-            _ => encoded.json_len(),
+            _ => encoded.encoded_len(),
         };
         if size > max {
             return Err(NodeError::TooLarge { size, max });

@@ -386,3 +386,49 @@ async fn a_send_to_a_host_nobody_listens_for_is_counted_as_unheard(backend: Redi
         unheard().await
     );
 }
+
+/// In cluster mode a connection is registered in Redis after the node
+/// holds it; a message for its user arriving meanwhile must not reach it
+/// before its `welcome`. A publisher streams to the user while the user
+/// connects again and again: the first frame is `welcome` every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_message_reaches_a_connection_before_its_welcome() {
+    let redis = RedisServer::start().await;
+    let node = spawn_node(&redis.url(), PREFIX, "node-w", |_| {}).await;
+    wait_for_cluster(&node.addr, 1).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publisher = {
+        let stop = stop.clone();
+        let addr = node.addr;
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.is_cancelled() && n < 20_000 {
+                n += 1;
+                let _ = addr
+                    .publish(json!({"tenant":"acme","user":"u1","event":"e","data":n}))
+                    .await;
+            }
+        })
+    };
+    let spec = any_room("u1", "acme");
+    for i in 0..30 {
+        let (mut c, first) = node
+            .addr
+            .try_connect(fanout_protocol::Codec::Json, &spec)
+            .await;
+        match first {
+            crate::support::Event::Frame(f) => {
+                assert_eq!(f["type"], "welcome", "connection {i}: first frame {f}")
+            }
+            other => panic!("connection {i}: {other:?}"),
+        }
+        // Messages do flow to it (the race was possible).
+        let got = c.next_event(WAIT).await;
+        assert!(
+            matches!(&got, Some(crate::support::Event::Frame(f)) if f["type"] == "message"),
+            "connection {i} got no message: {got:?}"
+        );
+    }
+    stop.cancel();
+    publisher.await.expect("publisher");
+}

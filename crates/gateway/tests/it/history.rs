@@ -797,7 +797,7 @@ async fn the_size_limit_counts_the_position_a_room_with_history_adds() {
     let node = TestServer::spawn_with(|c| {
         with_history(10)(c);
         c.limits.max_message_bytes = 1024;
-        c.limits.send_queue_bytes = 1024;
+        c.limits.send_queue_bytes = 2048;
     })
     .await;
     // A frame of about 1,000 bytes: under the limit alone, over it with a position.
@@ -820,6 +820,7 @@ async fn the_size_limit_counts_the_position_a_room_with_history_adds() {
 async fn a_replay_or_history_too_big_for_the_queue_is_not_sent_whole() {
     let node = TestServer::spawn_with(|c| {
         with_history(100)(c);
+        c.limits.max_message_bytes = 32 * 1024;
         c.limits.send_queue_bytes = 64 * 1024;
     })
     .await;

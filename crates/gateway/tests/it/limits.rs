@@ -237,9 +237,14 @@ async fn a_client_flooding_requests_is_stopped_and_the_watchers_of_its_room_keep
     let mut messages = Vec::new();
     while messages.len() < 20 {
         match watcher.next_event(Duration::from_secs(5)).await {
-            Some(Event::Frame(f)) if f["type"] == "message" => messages.push(f["data"]["n"].clone()),
+            Some(Event::Frame(f)) if f["type"] == "message" => {
+                messages.push(f["data"]["n"].clone())
+            }
             Some(Event::Frame(f)) if f["type"] == "join" || f["type"] == "leave" => events += 1,
-            other => panic!("the watcher lost messages ({} of 20): {other:?}", messages.len()),
+            other => panic!(
+                "the watcher lost messages ({} of 20): {other:?}",
+                messages.len()
+            ),
         }
     }
     assert_eq!(messages, (0..20).map(|n| json!(n)).collect::<Vec<_>>());
@@ -482,4 +487,40 @@ async fn an_oversized_first_frame_before_auth_closes_1009() {
     let token = "x".repeat(4096);
     c.send(json!({"type":"auth","token":token})).await;
     expect_closed_with(&mut c, 1009).await;
+}
+
+/// The size limit holds for the larger encoding: an array of floats is
+/// small in JSON and about twice as big in MessagePack, and a MessagePack
+/// client must never get a frame larger than the limit.
+#[tokio::test]
+async fn the_message_size_limit_counts_the_larger_encoding() {
+    let server = TestServer::spawn_with(|c| {
+        c.limits.max_message_bytes = 4096;
+        c.limits.send_queue_bytes = 64 * 1024;
+    })
+    .await;
+    // 600 floats: ~2.4 KB as JSON ("0.1,"), ~5.4 KB as MessagePack (9 bytes each).
+    let floats: Vec<f64> = vec![0.1; 600];
+    let json_len = serde_json::to_vec(&floats).unwrap().len();
+    let msgpack_len = rmp_serde::to_vec(&floats).unwrap().len();
+    assert!(
+        json_len < 4096 && msgpack_len > 4096,
+        "{json_len} {msgpack_len}"
+    );
+    let reply = server
+        .post(
+            "/v1/publish",
+            &json!({"tenant":"acme","room":"lobby","event":"e","data":floats}),
+        )
+        .await;
+    assert_eq!(reply.0, 413, "{reply:?}");
+    // The same count of small integers fits both encodings.
+    let ints: Vec<u8> = vec![1; 600];
+    let reply = server
+        .post(
+            "/v1/publish",
+            &json!({"tenant":"acme","room":"lobby","event":"e","data":ints}),
+        )
+        .await;
+    assert_eq!(reply.0, 202, "{reply:?}");
 }

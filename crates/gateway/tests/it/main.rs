@@ -5,6 +5,7 @@
 
 mod api;
 mod auth;
+mod auth_keys;
 mod backend_support;
 mod cli;
 mod cluster;
@@ -15,8 +16,10 @@ mod cluster_support;
 mod edge;
 mod fd_limit;
 mod history;
+mod http_limits;
 mod isolation;
 mod limits;
+mod metrics_endpoints;
 mod nginx_support;
 mod ops;
 mod pubsub;

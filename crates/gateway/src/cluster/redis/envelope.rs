@@ -79,9 +79,12 @@ impl Envelope {
         rmp_serde::to_vec_named(self).map(Bytes::from)
     }
 
-    /// Decodes from MessagePack.
+    /// Decodes from MessagePack, with the nesting limited as for client
+    /// frames: with rmp_serde's default (1024), an unknown field nested
+    /// deep overflowed the stack and aborted the node (found by the fuzz
+    /// corpus, `crash-deep-unknown-field.msgpack`).
     pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
-        rmp_serde::from_slice(bytes)
+        fanout_protocol::codec::msgpack_from_slice(bytes)
     }
 }
 
@@ -118,5 +121,37 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert!(Envelope::decode(b"\xc1\xc1").is_err());
         assert!(Envelope::decode(b"").is_err());
+    }
+
+    #[test]
+    fn deep_nesting_in_an_unknown_field_is_an_error_not_a_stack_overflow() {
+        let e = Envelope {
+            v: VERSION,
+            origin: "node-a".into(),
+            kind: Kind::Probe,
+            id: String::new(),
+            ts: 1,
+            tenant: "acme".into(),
+            room: None,
+            user: None,
+            presence_only: false,
+            json: Bytes::new(),
+            msgpack: Bytes::new(),
+            offset: None,
+            epoch: None,
+        };
+        let mut bytes = e.encode().unwrap().to_vec();
+        bytes[0] += 1; // one more field: "x": [[[…]]]
+        bytes.extend_from_slice(&[0xa1, b'x']);
+        bytes.extend(std::iter::repeat_n(0x91, 100_000));
+        bytes.push(0xc0);
+        // On a small stack, so a regression fails here rather than by chance.
+        let out = std::thread::Builder::new()
+            .stack_size(1024 * 1024)
+            .spawn(move || Envelope::decode(&bytes).map_err(|e| e.to_string()))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(out.unwrap_err().contains("depth"));
     }
 }
