@@ -381,7 +381,8 @@ pub struct ApiKeyConfig {
 pub struct Limits {
     /// Largest client frame; larger closes the connection with 1009.
     pub max_frame_bytes: usize,
-    /// Largest published message payload (`data`, JSON-encoded); larger is 413.
+    /// Largest published message, as the delivered `message` frame in the
+    /// larger of its two encodings (JSON, MessagePack); larger is 413.
     pub max_message_bytes: usize,
     /// Rooms one connection may be subscribed to at once.
     pub max_rooms_per_connection: usize,
@@ -549,6 +550,9 @@ pub struct RedisConfig {
     /// Capacity of the pub/sub receive buffer (messages) between the Redis
     /// client and the node's dispatcher; overflow is counted and logged.
     pub pubsub_buffer: usize,
+    /// Bytes the same buffer may hold (whichever bound comes first): a burst
+    /// of large messages cannot grow the node's memory past it.
+    pub pubsub_buffer_bytes: usize,
 }
 
 impl Default for RedisConfig {
@@ -563,6 +567,7 @@ impl Default for RedisConfig {
             probe_interval: Duration::from_secs(5),
             cluster_refresh: Duration::from_secs(1),
             pubsub_buffer: 65_536,
+            pubsub_buffer_bytes: 64 * 1024 * 1024,
         }
     }
 }

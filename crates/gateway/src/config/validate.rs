@@ -401,6 +401,12 @@ fn validate_redis(r: &RedisConfig) -> Result<(), ConfigError> {
     if r.pubsub_buffer < 1024 {
         return Err(invalid("redis.pubsub_buffer", "must be at least 1024"));
     }
+    if r.pubsub_buffer_bytes < 1024 * 1024 {
+        return Err(invalid(
+            "redis.pubsub_buffer_bytes",
+            "must be at least 1 MiB (it must hold the largest message with room to spare)",
+        ));
+    }
     Ok(())
 }
 

@@ -74,6 +74,7 @@ impl RedisBus {
         // Every shard's subscriber feeds the one bounded queue; each reader
         // forwards its shard's messages in the order the shard sent them.
         let (queue_tx, queue_rx) = mpsc::channel(config.pubsub_buffer);
+        let budget = receiver::ByteBudget::new(config.pubsub_buffer_bytes);
         let reader_stop = stop.clone();
         let redis = Redis::connect(
             config,
@@ -83,6 +84,7 @@ impl RedisBus {
                 tokio::spawn(receiver::read(
                     shard.subscriber.message_rx(),
                     queue_tx.clone(),
+                    budget.clone(),
                     stop.clone(),
                 ));
                 tokio::spawn(async move {

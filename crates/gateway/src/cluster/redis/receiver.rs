@@ -24,7 +24,7 @@ use fanout_protocol::{CloseCode, Name};
 use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::Message;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
@@ -37,11 +37,40 @@ use crate::hub::Hub;
 use crate::message::{Audience, Broadcast, EncodedFrame, Position, Recipients};
 use crate::metrics as m;
 
+/// A message in the dispatch queue, holding its share of the byte budget
+/// until the dispatcher is done with it.
+pub(crate) struct Queued {
+    pub(crate) bytes: Bytes,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// The dispatch queue's byte budget (`redis.pubsub_buffer_bytes`): a
+/// semaphore with one permit per byte, taken by the reader for each message
+/// and given back when the dispatcher drops it. The queue is thus bounded
+/// by messages (its capacity) and by bytes (this), whichever comes first.
+#[derive(Clone)]
+pub(crate) struct ByteBudget {
+    permits: Arc<Semaphore>,
+    /// All of it: a message larger than the budget waits for all of it.
+    total: u32,
+}
+
+impl ByteBudget {
+    pub(crate) fn new(bytes: usize) -> Self {
+        let total = u32::try_from(bytes.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+        Self {
+            permits: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+}
+
 /// Moves pub/sub messages (from the subscriber's `message_rx()`) into the
 /// bounded dispatch queue; counts and logs every message lost on the way.
 pub(crate) async fn read(
     mut rx: tokio::sync::broadcast::Receiver<Message>,
-    queue: mpsc::Sender<Bytes>,
+    queue: mpsc::Sender<Queued>,
+    budget: ByteBudget,
     stop: CancellationToken,
 ) {
     loop {
@@ -61,9 +90,28 @@ pub(crate) async fn read(
             m::pubsub_dropped("not_bytes");
             continue;
         };
-        // Waiting here pushes back on fred's broadcast channel, whose
-        // overflow is counted as lag above; a full queue drops nothing silently.
-        if queue.send(bytes).await.is_err() {
+        // Waiting here (for bytes of the budget, then for a place in the
+        // queue) pushes back on fred's broadcast channel, whose overflow is
+        // counted as lag above; a full queue drops nothing silently. A
+        // message larger than the whole budget waits for all of it.
+        let want = u32::try_from(bytes.len().max(1))
+            .unwrap_or(u32::MAX)
+            .min(budget.total);
+        let permit = tokio::select! {
+            () = stop.cancelled() => return,
+            permit = budget.permits.clone().acquire_many_owned(want) => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        if queue
+            .send(Queued {
+                bytes,
+                _budget: permit,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -73,11 +121,13 @@ pub(crate) async fn read(
 pub(crate) async fn dispatch(
     node: String,
     hub: Hub,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: mpsc::Receiver<Queued>,
     probes: Arc<Probes>,
 ) {
-    while let Some(bytes) = queue.recv().await {
-        let env = match Envelope::decode(&bytes) {
+    // Each message's share of the byte budget returns when `queued` drops,
+    // after it was handed to the hub.
+    while let Some(queued) = queue.recv().await {
+        let env = match Envelope::decode(&queued.bytes) {
             Ok(env) if env.v == VERSION => env,
             Ok(env) => {
                 m::pubsub_dropped("version");
@@ -328,10 +378,10 @@ mod tests {
         }
         let (queue_tx, mut queue_rx) = mpsc::channel(64);
         let stop = CancellationToken::new();
-        let reader = tokio::spawn(read(rx, queue_tx, stop.clone()));
+        let reader = tokio::spawn(read(rx, queue_tx, ByteBudget::new(1 << 20), stop.clone()));
         let mut got = Vec::new();
         for _ in 0..8 {
-            got.push(queue_rx.recv().await.unwrap()[0]);
+            got.push(queue_rx.recv().await.unwrap().bytes[0]);
         }
         assert_eq!(
             got,
@@ -339,6 +389,57 @@ mod tests {
             "the newest 8 survive, in order"
         );
         assert!(counter(crate::metrics::PUBSUB_LAGGED) - before >= 12.0);
+        stop.cancel();
+        reader.await.unwrap();
+    }
+
+    fn sized(n: u8, len: usize) -> Message {
+        Message {
+            value: Value::Bytes(Bytes::from(vec![n; len])),
+            ..message(n)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_dispatch_queue_is_bounded_by_bytes_as_well_as_messages() {
+        let (tx, rx) = tokio::sync::broadcast::channel(64);
+        for n in 0..10 {
+            tx.send(sized(n, 40)).unwrap();
+        }
+        // Room for 64 messages but only 100 bytes: two of 40 bytes fit.
+        let (queue_tx, mut queue_rx) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        let reader = tokio::spawn(read(rx, queue_tx, ByteBudget::new(100), stop.clone()));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let first = queue_rx.try_recv().expect("a first message");
+        let second = queue_rx.try_recv().expect("a second message");
+        assert!(
+            queue_rx.try_recv().is_err(),
+            "a third message exceeded the byte budget"
+        );
+        // Handing one back to the budget lets the next one in, in order.
+        assert_eq!((first.bytes[0], second.bytes[0]), (0, 1));
+        drop(first);
+        let third = tokio::time::timeout(std::time::Duration::from_secs(1), queue_rx.recv())
+            .await
+            .expect("the next message in time")
+            .expect("open");
+        assert_eq!(third.bytes[0], 2);
+        // A message larger than the whole budget waits for all of it.
+        drop((second, third));
+        tx.send(sized(99, 500)).unwrap();
+        let mut last = None;
+        while let Ok(Some(m)) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), queue_rx.recv()).await
+        {
+            let n = m.bytes[0];
+            drop(m);
+            last = Some(n);
+            if n == 99 {
+                break;
+            }
+        }
+        assert_eq!(last, Some(99));
         stop.cancel();
         reader.await.unwrap();
     }
