@@ -687,7 +687,15 @@ async fn migrate_under_stream(
     cluster.migrate_slot(slot, from, to).await;
     let moved = Instant::now();
     assert_eq!(cluster.owner_of(slot).await, to);
-    let settled = settle(&publishers, &[a, a_hist], moved + RESUBSCRIBE_BOUND, WAIT).await;
+    // Generous: under a full test run on 2 cores a publish can take far
+    // longer than its 20 ms period, and settling needs SETTLED of them.
+    let settled = settle(
+        &publishers,
+        &[a, a_hist],
+        moved + RESUBSCRIBE_BOUND,
+        WAIT * 3,
+    )
+    .await;
     let mut log = Log::new();
     stop_publishers(publishers, &mut log).await;
 
@@ -894,7 +902,7 @@ async fn create_during_migration(
         &publishers,
         &[&created[0], &created[1]],
         finished + RESUBSCRIBE_BOUND,
-        WAIT,
+        WAIT * 3,
     )
     .await;
     stop_publishers(publishers, &mut log).await;
