@@ -74,6 +74,10 @@ pub const SHARD_GAP_SECONDS: &str = "fanout_redis_shard_gap_seconds";
 /// (Cluster) failover or slot migration, or while a subscriber connection
 /// is down; rooms with history repair it.
 pub const UNHEARD: &str = "fanout_redis_unheard_total";
+/// Publishes answered 503 because Redis did not answer in time although
+/// the command was sent: the message may still have been delivered (the
+/// 503 says so; a retry with the same idempotency key is safe).
+pub const PUBLISH_OUTCOME_UNKNOWN: &str = "fanout_publish_outcome_unknown_total";
 /// Redis Cluster: failed reads of the slot map.
 pub const TOPOLOGY_REFRESH_FAILURES: &str = "fanout_redis_topology_refresh_failures_total";
 /// Live nodes in the cluster as this node sees them.
@@ -305,6 +309,10 @@ pub(crate) fn unheard(route: &'static str, n: u64) {
     if n > 0 {
         counter!(UNHEARD, "route" => route).increment(n);
     }
+}
+
+pub(crate) fn publish_outcome_unknown() {
+    counter!(PUBLISH_OUTCOME_UNKNOWN).increment(1);
 }
 
 pub(crate) fn shard_gap(d: std::time::Duration) {

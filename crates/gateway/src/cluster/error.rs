@@ -72,6 +72,17 @@ pub enum BusError {
         /// What was asked (`publish`, `subscribe`, `heartbeat`, ...).
         op: &'static str,
     },
+    /// A publish Redis did not answer within `redis.command_timeout`: it was
+    /// sent and may still run, so the message may be delivered although
+    /// the caller is told 503. Retrying with the same idempotency key is
+    /// safe (a delivered message answers its first answer again).
+    #[error(
+        "cluster bus unavailable: redis did not answer {op} in time; the message may still be delivered: retry with the same idempotency_key to avoid a duplicate"
+    )]
+    PublishUnknown {
+        /// Which publish (`route_room`, `route_user`, `route_tenant`, `publish`).
+        op: &'static str,
+    },
     /// Redis answered with an error, or the connection failed mid-command.
     #[error("cluster bus unavailable: redis {op} failed")]
     Redis {
@@ -120,7 +131,11 @@ impl BusError {
     /// A failed Redis command: a timeout when the client library says so.
     pub fn redis(op: &'static str, source: fred::error::Error) -> Self {
         if *source.kind() == fred::error::ErrorKind::Timeout {
-            BusError::Timeout { op }
+            if op == "publish" || op.starts_with("route_") {
+                BusError::PublishUnknown { op }
+            } else {
+                BusError::Timeout { op }
+            }
         } else if source.details().contains("TRYAGAIN") {
             BusError::SlotMigrating { op }
         } else {

@@ -432,3 +432,63 @@ async fn no_message_reaches_a_connection_before_its_welcome() {
     stop.cancel();
     publisher.await.expect("publisher");
 }
+
+/// A publish Redis does not answer in time was still sent: the 503 says the
+/// message may be delivered (and that retrying with the same idempotency
+/// key is safe), the node counts it, and indeed the other node's member
+/// gets it once Redis answers again; the retry with the key is answered
+/// with the first message's id, and nothing is delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timed_out_publish_says_it_may_be_delivered_and_a_keyed_retry_is_safe() {
+    let redis = RedisServer::start().await;
+    let a = ProcessNode::spawn(&redis_toml(&redis.url(), PREFIX)).await;
+    let b = ProcessNode::spawn(&redis_toml(&redis.url(), PREFIX)).await;
+    wait_for_cluster(&a, 2).await;
+    wait_for_cluster(&b, 2).await;
+    let mut member = b.member("u1", "acme", "lobby").await;
+    let unknown = async || -> f64 {
+        let text = reqwest::get(a.http_url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .filter(|l| l.starts_with("fanout_publish_outcome_unknown_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(unknown().await, 0.0);
+    // Redis holds every command for longer than the node's command timeout.
+    let pause_ms = (crate::cluster_support::COMMAND_TIMEOUT.as_millis() * 2).to_string();
+    redis.command(&["CLIENT", "PAUSE", &pause_ms, "ALL"]).await;
+    let body = json!({"tenant":"acme","room":"lobby","event":"e","data":1,"idempotency_key":"k-1"});
+    let (status, reply) = a.publish(body.clone()).await;
+    assert_eq!(status, 503, "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("may still be delivered") && message.contains("idempotency_key"),
+        "{reply}"
+    );
+    assert_eq!(unknown().await, 1.0);
+    // Once Redis runs it, the message reaches the other node's member.
+    let got = recv_messages(&mut member, 1, WAIT).await;
+    assert_eq!(got.len(), 1, "the timed-out publish was not delivered");
+    // The keyed retry answers the first message's id; nothing is sent twice.
+    let mut retried = None;
+    assert!(
+        eventually(WAIT, async || {
+            let (status, reply) = a.publish(body.clone()).await;
+            retried = Some(reply);
+            status == 202
+        })
+        .await,
+        "the keyed retry was not accepted: {retried:?}"
+    );
+    assert_eq!(
+        retried.as_ref().map(|r| r["id"].clone()),
+        Some(got[0]["id"].clone()),
+        "the retry must name the message that was delivered"
+    );
+    expect_all_silent(&mut [&mut member], QUIET).await;
+}

@@ -260,14 +260,18 @@ impl Bus for RedisBus {
         let payload = self.envelope(Kind::Deliver, Some(msg), &msg.tenant, None)?;
         let route = self.route(Some(msg), opts);
         let published = match &msg.audience {
-            Audience::Room(room) => route.room(&msg.tenant, room, payload).await?,
+            Audience::Room(room) => route.room(&msg.tenant, room, payload).await,
             Audience::User(user) => {
                 route
                     .user(&msg.tenant, user, payload, self.liveness.dead())
-                    .await?
+                    .await
             }
-            Audience::Tenant => route.tenant(&msg.tenant, payload).await?,
+            Audience::Tenant => route.tenant(&msg.tenant, payload).await,
         };
+        if let Err(BusError::PublishUnknown { .. }) = &published {
+            m::publish_outcome_unknown();
+        }
+        let published = published?;
         m::redis_publish(started.elapsed());
         Ok(published)
     }
