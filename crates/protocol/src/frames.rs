@@ -132,6 +132,22 @@ pub enum ClientFrame {
     },
 }
 
+impl ClientFrame {
+    /// The request id the client gave, echoed in the answer (`auth` has none).
+    pub fn id(&self) -> Option<RequestId> {
+        match self {
+            ClientFrame::Auth { .. } => None,
+            ClientFrame::Subscribe { id, .. }
+            | ClientFrame::History { id, .. }
+            | ClientFrame::Unsubscribe { id, .. }
+            | ClientFrame::Publish { id, .. }
+            | ClientFrame::Presence { id, .. }
+            | ClientFrame::Refresh { id, .. }
+            | ClientFrame::Ping { id } => *id,
+        }
+    }
+}
+
 /// Why a client frame was refused; becomes an `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]

@@ -147,7 +147,7 @@ proptest! {
         for (codec, bytes) in [(Codec::Json, json_bytes(&v)), (Codec::MsgPack, msgpack_bytes(&v))] {
             let err = codec.decode(&bytes).unwrap_err();
             prop_assert_eq!(err.code, ErrorCode::BadRequest);
-            prop_assert_eq!(err.id, frame_id(&frame));
+            prop_assert_eq!(err.id, ClientFrame::id(&frame));
             prop_assert!(err.message.contains(&format!("{field} name")), "{}", err.message);
         }
     }
@@ -266,19 +266,6 @@ proptest! {
         let from_json: Value = serde_json::from_str(&text).unwrap();
         let from_mp: Value = rmp_serde::from_slice(&bin).unwrap();
         prop_assert_eq!(from_json, from_mp);
-    }
-}
-
-fn frame_id(frame: &ClientFrame) -> Option<i64> {
-    match frame {
-        ClientFrame::Auth { .. } => None,
-        ClientFrame::Subscribe { id, .. }
-        | ClientFrame::History { id, .. }
-        | ClientFrame::Unsubscribe { id, .. }
-        | ClientFrame::Publish { id, .. }
-        | ClientFrame::Presence { id, .. }
-        | ClientFrame::Refresh { id, .. }
-        | ClientFrame::Ping { id } => *id,
     }
 }
 

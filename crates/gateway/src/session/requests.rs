@@ -14,20 +14,6 @@ use crate::message::{Audience, to_message};
 use crate::metrics as m;
 use crate::node::{JoinOptions, NodeError, Publish, PublishSource};
 
-/// The request id of a frame, for its error reply.
-fn request_id(frame: &ClientFrame) -> Option<RequestId> {
-    match frame {
-        ClientFrame::Auth { .. } => None,
-        ClientFrame::Subscribe { id, .. }
-        | ClientFrame::History { id, .. }
-        | ClientFrame::Unsubscribe { id, .. }
-        | ClientFrame::Publish { id, .. }
-        | ClientFrame::Presence { id, .. }
-        | ClientFrame::Refresh { id, .. }
-        | ClientFrame::Ping { id, .. } => *id,
-    }
-}
-
 fn frame_label(frame: &ClientFrame) -> &'static str {
     match frame {
         ClientFrame::Auth { .. } => "auth",
@@ -131,7 +117,7 @@ where
                 return None;
             }
         };
-        Some(self.rate_limited(request_id(frame), refused))
+        Some(self.rate_limited(frame.id(), refused))
     }
 
     /// A request over its budget: 429, or 4008 after `rate_limit_strikes`

@@ -17,7 +17,7 @@ use crate::cluster_support::{
     spawn_node, wait_for_cluster,
 };
 use crate::redis_support::{RedisServer, eventually, eventually_eq, free_port};
-use crate::support::{Client, WAIT};
+use crate::support::{Client, WAIT, scrape};
 
 /// `{"nodes","connections","rooms","bus"}` of a `/v1/stats` cluster section.
 fn cluster_counts(stats: &Value) -> Value {
@@ -349,18 +349,7 @@ async fn a_send_to_a_host_nobody_listens_for_is_counted_as_unheard(backend: Redi
     let node = ProcessNode::spawn(&redis_toml(&url, PREFIX)).await;
     wait_for_cluster(&node, 1).await;
     let mut member = node.member("u1", "acme", "lobby").await;
-    let unheard = async || -> f64 {
-        let text = reqwest::get(node.http_url("/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
-        text.lines()
-            .filter(|l| l.starts_with("fanout_redis_unheard_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let unheard = async || scrape(&node.http_url("/metrics"), "fanout_redis_unheard_total").await;
     // Everyone listening: nothing unheard.
     node.publish_ok(json!({"tenant":"acme","room":"lobby","event":"e","data":1}))
         .await;
@@ -446,17 +435,12 @@ async fn a_timed_out_publish_says_it_may_be_delivered_and_a_keyed_retry_is_safe(
     wait_for_cluster(&a, 2).await;
     wait_for_cluster(&b, 2).await;
     let mut member = b.member("u1", "acme", "lobby").await;
-    let unknown = async || -> f64 {
-        let text = reqwest::get(a.http_url("/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
-        text.lines()
-            .filter(|l| l.starts_with("fanout_publish_outcome_unknown_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    let unknown = async || {
+        scrape(
+            &a.http_url("/metrics"),
+            "fanout_publish_outcome_unknown_total",
+        )
+        .await
     };
     assert_eq!(unknown().await, 0.0);
     // Redis holds every command for longer than the node's command timeout.

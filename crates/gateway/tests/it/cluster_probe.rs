@@ -106,13 +106,7 @@ async fn pipe(
     up.abort();
 }
 
-fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use crate::support::metric_sum as counter;
 
 #[tokio::test]
 async fn a_silently_stalled_subscriber_is_detected_by_the_probe_and_replaced() {

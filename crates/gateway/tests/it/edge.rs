@@ -329,17 +329,8 @@ async fn a_connection_that_vanishes_without_a_close_is_counted_abnormal_not_a_pr
     let node = crate::cluster_support::ProcessNode::spawn("").await;
     use crate::cluster_support::ClusterNode;
     let closed = async |label: &str| -> f64 {
-        let text = reqwest::get(node.http_url("/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
         let series = format!("fanout_connections_closed_total{{code=\"{label}\"}}");
-        text.lines()
-            .filter(|l| l.starts_with(&series))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        crate::support::scrape(&node.http_url("/metrics"), &series).await
     };
     let c = node
         .connect(&crate::support::TokenSpec::new("u1", "acme", &["lobby"]))

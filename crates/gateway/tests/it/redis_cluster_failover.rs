@@ -490,18 +490,9 @@ async fn a_killed_primary_fails_only_its_slots_and_its_rooms_recover_without_a_n
 async fn gap_windows(nodes: &[SocketAddr]) -> Vec<u64> {
     let mut out = Vec::new();
     for node in nodes {
-        let text = reqwest::get(format!("http://{node}/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
-        out.push(
-            text.lines()
-                .filter(|l| l.starts_with("fanout_redis_shard_gap_seconds_count"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum(),
-        );
+        let url = format!("http://{node}/metrics");
+        let count = crate::support::scrape(&url, "fanout_redis_shard_gap_seconds_count").await;
+        out.push(count as u64);
     }
     out
 }

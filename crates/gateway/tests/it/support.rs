@@ -449,3 +449,23 @@ pub fn assert_api_error(got: &(u16, Value), status: u16, code: &str) {
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(!message.is_empty(), "error without message: {body}");
 }
+
+/// The sum of every sample whose series starts with `series` (a metric name,
+/// or a name with its opening labels) in Prometheus text; 0 when absent.
+pub fn metric_sum(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Scrapes the `/metrics` endpoint at `url` and sums `series` in it.
+pub async fn scrape(url: &str, series: &str) -> f64 {
+    let text = reqwest::get(url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    metric_sum(&text, series)
+}
