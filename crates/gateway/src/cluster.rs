@@ -30,6 +30,24 @@ use fanout_protocol::{Name, PresenceMember};
 use crate::hub::{ConnHandle, ConnLimits, Joined, Left};
 use crate::message::Broadcast;
 
+/// A user who arrived in or left a room cluster-wide with no session on
+/// this node to announce it. Mostly departures: its node died and was swept,
+/// a repair or the audit removed a stale entry, a draining node released
+/// its connections without waiting. Arrivals only when this node re-registers
+/// users whose leave was announced because it was taken for dead. The node
+/// announces each as a `join` or `leave` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    /// Tenant.
+    pub tenant: Name,
+    /// Room.
+    pub room: Name,
+    /// User.
+    pub user: Name,
+    /// True for an arrival (`join`), false for a departure (`leave`).
+    pub joined: bool,
+}
+
 /// Cross-node operations of a node. Implementations must be cheap to call
 /// concurrently from every session and HTTP handler.
 #[async_trait]
@@ -46,6 +64,21 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Forgets a closed connection.
     async fn unregister(&self, conn: &ConnHandle);
+
+    /// Forgets a closed connection that already left `rooms` locally,
+    /// without waiting for the cluster: a draining node must close every
+    /// client in time even when Redis does not answer. The `leave` events
+    /// this causes come as [`PresenceChange`]s. Returns false when the bus has no
+    /// such path (the caller then releases the connection the usual way).
+    fn release_detached(&self, _conn: &ConnHandle, _rooms: &[Name]) -> bool {
+        false
+    }
+
+    /// The presence changes the bus finds (taken once, by the node, which
+    /// announces them). `None` for a bus that finds none.
+    fn take_presence_changes(&self) -> Option<tokio::sync::mpsc::Receiver<PresenceChange>> {
+        None
+    }
 
     /// Records a local join in cluster presence. Returns true when the user
     /// became present in the room cluster-wide (a `join` event is due).
@@ -89,6 +122,12 @@ pub trait Bus: Send + Sync + 'static {
     /// Cluster-wide counts.
     async fn cluster_stats(&self) -> Result<ClusterStats, BusError>;
 
-    /// Stops background work and deregisters the node (drain).
+    /// Removes this node from the cluster (the end of a drain): its entries
+    /// go, and the departures that causes are the last presence changes
+    /// reported. The bus still publishes afterwards, so they can be
+    /// announced.
+    async fn deregister(&self) {}
+
+    /// Stops what is left of the bus (after [`Bus::deregister`]).
     async fn shutdown(&self);
 }

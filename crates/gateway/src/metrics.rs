@@ -78,6 +78,20 @@ pub const UNHEARD: &str = "fanout_redis_unheard_total";
 /// the command was sent: the message may still have been delivered (the
 /// 503 says so; a retry with the same idempotency key is safe).
 pub const PUBLISH_OUTCOME_UNKNOWN: &str = "fanout_publish_outcome_unknown_total";
+/// Registry entries this node rewrote from its own view after a registry
+/// script failed or its outcome was unknown (a Redis timeout, a lost script
+/// cache), by outcome (`ok`, `failed`: retried at the next heartbeat).
+pub const REGISTRY_REPAIRS: &str = "fanout_redis_registry_repairs_total";
+/// Departures of a draining node's connections that did not fit in the
+/// registry actor's queue (its deregistration removes them instead).
+pub const REGISTRY_QUEUE_FULL: &str = "fanout_redis_registry_queue_full_total";
+/// Registry fields and hosts of nodes gone from the node index that the
+/// audit removed (left behind when a node's own index was lost).
+pub const AUDIT_REMOVED: &str = "fanout_redis_audit_removed_total";
+/// `leave` events announced for users whose connections went without a
+/// session to announce it, by cause (`sweep`: their node died; `repair`,
+/// `audit`, `drain`).
+pub const DEPARTURES: &str = "fanout_departures_total";
 /// Redis Cluster: failed reads of the slot map.
 pub const TOPOLOGY_REFRESH_FAILURES: &str = "fanout_redis_topology_refresh_failures_total";
 /// Live nodes in the cluster as this node sees them.
@@ -317,6 +331,31 @@ pub(crate) fn publish_outcome_unknown() {
 
 pub(crate) fn shard_gap(d: std::time::Duration) {
     histogram!(SHARD_GAP_SECONDS).record(d.as_secs_f64());
+}
+
+pub(crate) fn registry_repairs(ok: u64, failed: u64) {
+    if ok > 0 {
+        counter!(REGISTRY_REPAIRS, "outcome" => "ok").increment(ok);
+    }
+    if failed > 0 {
+        counter!(REGISTRY_REPAIRS, "outcome" => "failed").increment(failed);
+    }
+}
+
+pub(crate) fn registry_queue_full() {
+    counter!(REGISTRY_QUEUE_FULL).increment(1);
+}
+
+pub(crate) fn audit_removed(n: u64) {
+    if n > 0 {
+        counter!(AUDIT_REMOVED).increment(n);
+    }
+}
+
+pub(crate) fn departures(cause: &'static str, n: u64) {
+    if n > 0 {
+        counter!(DEPARTURES, "cause" => cause).increment(n);
+    }
 }
 
 pub(crate) fn redis_topology_refresh_failed() {

@@ -115,6 +115,13 @@ pub enum BusError {
         /// The script's name.
         script: &'static str,
     },
+    /// A resync could not write some of the node's registry entries (each
+    /// failure is logged); the resync is retried.
+    #[error("cluster bus unavailable: {entries} registry entries could not be written")]
+    Repair {
+        /// How many entries failed.
+        entries: usize,
+    },
     /// The registry task has stopped (the node is shutting down).
     #[error("cluster bus unavailable: the node has left the cluster")]
     Stopped,

@@ -547,6 +547,12 @@ pub struct RedisConfig {
     /// resubscribed on the new owner within about this long.
     #[serde(with = "humantime_serde")]
     pub cluster_refresh: Duration,
+    /// How often a pass of the registry audit starts: it scans the keys in
+    /// steps (one per heartbeat) and removes entries of nodes that are gone
+    /// from the node index, which a lost node index would otherwise leave
+    /// for good.
+    #[serde(with = "humantime_serde")]
+    pub audit_interval: Duration,
     /// Capacity of the pub/sub receive buffer (messages) between the Redis
     /// client and the node's dispatcher; overflow is counted and logged.
     pub pubsub_buffer: usize,
@@ -566,6 +572,7 @@ impl Default for RedisConfig {
             command_timeout: Duration::from_secs(2),
             probe_interval: Duration::from_secs(5),
             cluster_refresh: Duration::from_secs(1),
+            audit_interval: Duration::from_secs(60),
             pubsub_buffer: 65_536,
             pubsub_buffer_bytes: 64 * 1024 * 1024,
         }

@@ -379,6 +379,7 @@ fn validate_redis(r: &RedisConfig) -> Result<(), ConfigError> {
         ("redis.command_timeout", r.command_timeout),
         ("redis.probe_interval", r.probe_interval),
         ("redis.cluster_refresh", r.cluster_refresh),
+        ("redis.audit_interval", r.audit_interval),
         ("redis.channel_linger", r.channel_linger),
     ] {
         if d.is_zero() {

@@ -57,9 +57,12 @@ impl Node {
         conn.queue.close(CloseCode::Restart, DRAIN_REASON);
     }
 
-    /// Stops the bus's background work and removes this node from the
-    /// cluster registry (the last step of a drain).
+    /// Removes this node from the cluster registry, announces the `leave`s
+    /// that causes, and stops the bus (the last step of a drain; the caller
+    /// bounds it by the grace period).
     pub async fn leave_cluster(&self) {
+        self.inner.bus.deregister().await;
+        self.inner.announcing.wait().await;
         self.inner.bus.shutdown().await;
     }
 }

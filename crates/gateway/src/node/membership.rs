@@ -6,7 +6,7 @@
 //! local delivery and enforces local limits atomically), then the bus (the
 //! cluster's view), and a refusal from the bus rolls the hub back, so the
 //! caller is never told "no" while the hub says "yes". Departures are never
-//! refused: a leave the bus could not record expires from Redis by TTL.
+//! refused: a leave the bus could not record is repaired by the bus later.
 
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use super::state::Node;
 use crate::auth::Grant;
 use crate::cluster::{AdmitError, HistoryQuery};
 use crate::hub::queue::SendQueue;
-use crate::hub::{ConnHandle, GoLive, Hub};
+use crate::hub::{ConnHandle, GoLive, Hub, Left};
 use crate::message::to_message;
 use crate::metrics as m;
 
@@ -244,19 +244,52 @@ impl Node {
     /// a `leave` event when the user left the room cluster-wide.
     pub async fn leave(&self, conn: &ConnHandle, room: &Name) {
         let left = self.inner.hub.leave(conn, room);
+        self.record_leave(conn, room, left).await;
+    }
+
+    /// Records a local leave in the cluster; announces it when due.
+    async fn record_leave(&self, conn: &ConnHandle, room: &Name, left: Left) {
         if !left.was_member {
             return;
         }
         match self.inner.bus.left(conn, room, left).await {
             Ok(true) => self.presence_event(PresenceEvent::left(conn, room)).await,
             Ok(false) => {}
-            Err(e) => debug!(error = %e, "leave not recorded in the cluster; it expires by TTL"),
+            Err(e) => debug!(error = %e, "leave not recorded in the cluster; it is repaired later"),
         }
     }
 
     /// Forgets a closed connection: leaves every room (with leave events),
     /// removes it from the hub, unregisters it from the cluster.
+    ///
+    /// While the node is closing its clients (a drain) nothing waits for
+    /// the cluster: the connection leaves the hub at once and the bus is
+    /// handed its departures to record in the background, announcing the
+    /// `leave`s that are due itself. A drain must close every client in
+    /// time even when Redis does not answer; waiting on the registry per
+    /// connection made sessions outlive the grace period.
     pub async fn release(&self, conn: &ConnHandle) {
+        if self.is_closing() {
+            let left: Vec<(Name, Left)> = conn
+                .rooms()
+                .into_iter()
+                .map(|room| {
+                    let left = self.inner.hub.leave(conn, &room);
+                    (room, left)
+                })
+                .filter(|(_, left)| left.was_member)
+                .collect();
+            self.inner.hub.remove(conn.id);
+            let rooms: Vec<Name> = left.iter().map(|(room, _)| room.clone()).collect();
+            if !self.inner.bus.release_detached(conn, &rooms) {
+                // A bus without a detached path (embedded) answers at once.
+                for (room, left) in left {
+                    self.record_leave(conn, &room, left).await;
+                }
+                self.inner.bus.unregister(conn).await;
+            }
+            return;
+        }
         for room in conn.rooms() {
             self.leave(conn, &room).await;
         }

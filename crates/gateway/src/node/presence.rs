@@ -25,8 +25,10 @@ pub struct PresenceEvent<'a> {
     pub user: &'a Name,
     /// True for `join`, false for `leave`.
     pub joined: bool,
-    /// The connection whose join or leave caused it (not told about itself).
-    pub cause: ConnId,
+    /// The connection whose join or leave caused it (not told about
+    /// itself); `None` when no local connection did (a presence change the
+    /// bus reported).
+    pub cause: Option<ConnId>,
 }
 
 impl<'a> PresenceEvent<'a> {
@@ -46,12 +48,40 @@ impl<'a> PresenceEvent<'a> {
             room,
             user: &conn.user,
             joined,
-            cause: conn.id,
+            cause: Some(conn.id),
         }
     }
 }
 
 impl Node {
+    /// Starts announcing the presence changes the bus reports (a dead
+    /// node's users swept, stale entries repaired, a drained node's users)
+    /// as `join`/`leave` events. Needs a Tokio runtime; the task ends when
+    /// the bus stops reporting (it deregistered), and [`Node::leave_cluster`]
+    /// waits for it.
+    pub(super) fn start_announcing(&self) {
+        let Some(mut changes) = self.inner.bus.take_presence_changes() else {
+            self.inner.announcing.close();
+            return;
+        };
+        let node = Arc::downgrade(&self.inner);
+        self.inner.announcing.spawn(async move {
+            while let Some(change) = changes.recv().await {
+                let Some(inner) = node.upgrade() else { return };
+                let node = Node { inner };
+                node.presence_event(PresenceEvent {
+                    tenant: &change.tenant,
+                    room: &change.room,
+                    user: &change.user,
+                    joined: change.joined,
+                    cause: None,
+                })
+                .await;
+            }
+        });
+        self.inner.announcing.close();
+    }
+
     /// Who is in a room, cluster-wide.
     pub async fn presence(
         &self,
@@ -82,7 +112,7 @@ impl Node {
             tenant: event.tenant.clone(),
             audience: Audience::Room(event.room.clone()),
             recipients: Recipients::PresenceWatchers,
-            exclude: Some(event.cause),
+            exclude: event.cause,
             frame: Arc::new(encoded),
             accepted_at: Instant::now(),
             ts: now_millis(),

@@ -48,6 +48,9 @@ pub(super) struct NodeInner {
     pub(super) started: Instant,
     /// Every session task, so that the drain can wait for them to end.
     pub(super) sessions: TaskTracker,
+    /// The task announcing the bus's presence changes (closed once spawned:
+    /// waiting on it waits for the last announcement).
+    pub(super) announcing: TaskTracker,
 }
 
 /// A running node's shared state. Clone is cheap.
@@ -91,7 +94,7 @@ impl Node {
         }
         .map_err(BuildError::ApiKeys)?;
         let history = HistoryRules::new(&config.history);
-        Ok(Self {
+        let node = Self {
             inner: Arc::new(NodeInner {
                 id: parts.id,
                 config,
@@ -105,8 +108,15 @@ impl Node {
                 closing: CancellationToken::new(),
                 started: Instant::now(),
                 sessions: TaskTracker::new(),
+                announcing: TaskTracker::new(),
             }),
-        })
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            node.start_announcing();
+        } else {
+            node.inner.announcing.close();
+        }
+        Ok(node)
     }
 
     /// Node id.

@@ -26,8 +26,8 @@ use super::shards::{self, Redis, StartError};
 use super::supervisor::supervise;
 use crate::clock::now_millis;
 use crate::cluster::{
-    AdmitError, Bus, BusError, HistoryPage, HistoryQuery, NotReady, PublishOptions, Published,
-    StreamSpec,
+    AdmitError, Bus, BusError, HistoryPage, HistoryQuery, NotReady, PresenceChange, PublishOptions,
+    Published, StreamSpec,
 };
 use crate::config::RedisConfig;
 use crate::hub::{ConnHandle, ConnLimits, Hub, Joined, Left};
@@ -50,6 +50,8 @@ pub struct RedisBus {
     liveness: Arc<NodeLiveness>,
     /// Stops the background tasks (drain).
     stop: CancellationToken,
+    /// Presence changes the registry reports, until the node takes them.
+    changes: std::sync::Mutex<Option<mpsc::Receiver<PresenceChange>>>,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -96,6 +98,7 @@ impl RedisBus {
         let keys = Keyspace::new(&config.prefix, node_id, shards::layout_of(&config.url));
         let health = Arc::new(Health::new(config.entry_ttl()));
         let liveness = Arc::new(NodeLiveness::default());
+        let (announce, changes) = mpsc::channel(registry::DEPARTURES);
         let registry = registry::spawn(Actor {
             keys: keys.clone(),
             config: config.clone(),
@@ -104,6 +107,10 @@ impl RedisBus {
             liveness: liveness.clone(),
             channels: Default::default(),
             registered: Default::default(),
+            dirty: Default::default(),
+            swept: false,
+            announce,
+            audit: Default::default(),
             started_ms: now_millis(),
             addr: addr.to_string(),
         });
@@ -141,6 +148,7 @@ impl RedisBus {
             health,
             liveness,
             stop,
+            changes: std::sync::Mutex::new(Some(changes)),
         })
     }
 
@@ -227,6 +235,19 @@ impl Bus for RedisBus {
         self.registry
             .unregister(conn.tenant.clone(), conn.user.clone())
             .await;
+    }
+
+    fn release_detached(&self, conn: &ConnHandle, rooms: &[Name]) -> bool {
+        self.registry
+            .release_detached(&conn.tenant, &conn.user, rooms);
+        true
+    }
+
+    fn take_presence_changes(&self) -> Option<mpsc::Receiver<PresenceChange>> {
+        self.changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     async fn joined(
@@ -386,9 +407,15 @@ impl Bus for RedisBus {
         })
     }
 
-    async fn shutdown(&self) {
+    async fn deregister(&self) {
         // Stop the supervisor and the prober first, so that nothing resyncs
-        // (re-registers) the node while it deregisters.
+        // (re-registers) the node while it deregisters. The actor stops
+        // after it, which ends the stream of presence changes.
+        self.stop.cancel();
+        self.registry.deregister().await;
+    }
+
+    async fn shutdown(&self) {
         self.stop.cancel();
         self.registry.deregister().await;
         self.redis.quit().await;

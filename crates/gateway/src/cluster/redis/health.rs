@@ -61,6 +61,11 @@ impl Health {
         }
     }
 
+    /// Whether the Redis connections are up (as the supervisor last saw them).
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
     /// Whether the registry and subscriptions match the node's view.
     pub(crate) fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
@@ -152,8 +157,8 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 #[derive(Debug, Default)]
 pub(crate) struct NodeLiveness {
     /// (live, dead): written by the registry actor after each heartbeat,
-    /// read by the route scripts' callers (dead nodes are skipped) and the
-    /// sweeper.
+    /// read by the route scripts' callers (dead nodes are skipped) and by
+    /// admissions (only live nodes' connections count).
     nodes: RwLock<(Vec<String>, Vec<String>)>,
 }
 
@@ -162,6 +167,15 @@ impl NodeLiveness {
     pub(crate) fn update(&self, live: Vec<String>, dead: Vec<String>) {
         m::cluster_nodes(live.len());
         *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = (live, dead);
+    }
+
+    /// Nodes whose heartbeat was current at the last heartbeat.
+    pub(crate) fn live(&self) -> Vec<String> {
+        self.nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
     }
 
     /// Nodes whose heartbeat lapsed and that are not swept yet.

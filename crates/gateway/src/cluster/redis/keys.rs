@@ -49,6 +49,11 @@ impl Keyspace {
         }
     }
 
+    /// The prefix of every name.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The layout of this cluster's names.
     pub(crate) fn layout(&self) -> Layout {
         self.layout

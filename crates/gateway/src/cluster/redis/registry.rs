@@ -17,17 +17,20 @@
 //! per node, never one round trip per connection.
 
 mod actor;
+mod audit;
 mod batch;
 mod op;
+mod repair;
 mod state;
 mod sync;
+mod writes;
 
 use fanout_protocol::Name;
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use self::actor::Actor;
 pub(crate) use self::op::Scope;
-use self::op::{Change, Op};
+use self::op::{Change, LeaveReply, Op};
 use crate::cluster::{AdmitError, BusError};
 use crate::hub::ConnLimits;
 
@@ -98,11 +101,35 @@ impl Registry {
                 tenant,
                 room,
                 user,
-                reply,
+                reply: LeaveReply::Caller(reply),
             })
         })
         .await
         .unwrap_or_else(|| Err(BusError::Stopped))
+    }
+
+    /// Queues the leaves and the unregistration of a closed connection
+    /// without waiting (a draining node). Due `leave`s are reported as
+    /// departures. A full queue drops the rest: the node's deregistration
+    /// (or, if it never runs, the sweep of the dead node) removes what they
+    /// would have, and announces the same departures.
+    pub(crate) fn release_detached(&self, tenant: &Name, user: &Name, rooms: &[Name]) {
+        let leaves = rooms.iter().map(|room| Change::Leave {
+            tenant: tenant.clone(),
+            room: room.clone(),
+            user: user.clone(),
+            reply: LeaveReply::Announce,
+        });
+        let unregister = Change::Unregister {
+            tenant: tenant.clone(),
+            user: user.clone(),
+        };
+        for change in leaves.chain(std::iter::once(unregister)) {
+            if self.tx.try_send(Op::Change(change)).is_err() {
+                crate::metrics::registry_queue_full();
+                return;
+            }
+        }
     }
 
     pub(crate) async fn resync(&self, scope: Scope) -> Result<(), BusError> {
@@ -115,6 +142,10 @@ impl Registry {
         let _ = self.call(|reply| Op::Deregister { reply }).await;
     }
 }
+
+/// Departures the actor may hold for the node before it drops more (a
+/// sweep of a dead node can report thousands at once).
+pub(crate) const DEPARTURES: usize = 64 * 1024;
 
 /// Starts the actor; returns its handle.
 pub(crate) fn spawn(actor: Actor) -> Registry {

@@ -39,27 +39,46 @@ pub(crate) async fn queue<C: ClientLike>(
 /// Admit a connection against cluster-wide user and tenant limits.
 ///
 /// KEYS: user hash, tenant hash (node → connections).
-/// ARGV: node, max per user (0 = none), max per tenant (0 = none), dead nodes...
-/// Returns 0 admitted, 1 user limit, 2 tenant limit. Atomic, so concurrent
-/// admissions on different nodes cannot overshoot.
+/// ARGV: node, max per user (0 = none), max per tenant (0 = none), strict
+///       (0/1), live nodes...
+/// Counts the fields of live nodes (the caller's last heartbeat, and
+/// itself): a field a dead or swept node left behind never counts. A node
+/// the caller does not know yet may be one that started since its last
+/// heartbeat: when `strict` and its fields would decide a refusal, the
+/// script returns 3 and the caller asks again with a fresh list of live
+/// nodes (then, a node still unknown is gone, and ignored).
+/// Returns 0 admitted, 1 user limit, 2 tenant limit, 3 ask again. Atomic,
+/// so concurrent admissions on different nodes cannot overshoot.
 pub(crate) static ADMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
 local node = ARGV[1]
 local max_user = tonumber(ARGV[2])
 local max_tenant = tonumber(ARGV[3])
-local dead = {}
-for i = 4, #ARGV do dead[ARGV[i]] = true end
-local function live_sum(key)
-  local sum = 0
+local strict = ARGV[4] == '1'
+local live = {[node] = true}
+for i = 5, #ARGV do live[ARGV[i]] = true end
+local function sums(key)
+  local known, unknown = 0, 0
   local flat = redis.call('HGETALL', key)
   for i = 1, #flat, 2 do
-    if not dead[flat[i]] then sum = sum + tonumber(flat[i + 1]) end
+    if live[flat[i]] then
+      known = known + tonumber(flat[i + 1])
+    else
+      unknown = unknown + tonumber(flat[i + 1])
+    end
   end
-  return sum
+  return known, unknown
 end
-if max_user > 0 and live_sum(KEYS[1]) >= max_user then return 1 end
-if max_tenant > 0 and live_sum(KEYS[2]) >= max_tenant then return 2 end
+local function over(key, max, refused)
+  if max <= 0 then return nil end
+  local known, unknown = sums(key)
+  if known >= max then return refused end
+  if strict and known + unknown >= max then return 3 end
+  return nil
+end
+local verdict = over(KEYS[1], max_user, 1) or over(KEYS[2], max_tenant, 2)
+if verdict then return verdict end
 redis.call('HINCRBY', KEYS[1], node, 1)
 redis.call('HINCRBY', KEYS[2], node, 1)
 return 0
@@ -79,27 +98,46 @@ return 0
     )
 });
 
+/// The presence rule every room script shares, in Lua: whether `user` has a
+/// field in the members hash (`KEYS[2]`) of any host in the hosts zset
+/// (`KEYS[1]`) other than `node` — live or dead but not swept yet. A user is
+/// present in a room while any host holds a field for it; the `join` event
+/// is due when the first such field appears, the `leave` when the last one
+/// goes, whoever removes it (a leave, the sweep of a dead node, a repair, the
+/// audit). A dead node's fields count until its sweep, so a user whose node
+/// died and who reconnects elsewhere before the sweep gets no second `join`,
+/// and one who does not gets its `leave` from the sweep, once.
+const HELD_ELSEWHERE: &str = r#"
+local function held_elsewhere(node, user)
+  for _, other in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    if other ~= node and redis.call('HEXISTS', KEYS[2], other .. '|' .. user) == 1 then
+      return true
+    end
+  end
+  return false
+end
+"#;
+
+/// A room script: [`HELD_ELSEWHERE`] followed by `body`.
+fn room_script(body: &str) -> Script {
+    Script::from_lua(format!("{HELD_ELSEWHERE}{body}"))
+}
+
 /// Record a local join.
 ///
 /// KEYS: room hosts zset, room members hash.
 /// ARGV: node, user, now, expiry.
 /// Registers the node as a host (score = expiry) and counts the user's
-/// connection. Returns {user_joined, hosts}: user_joined is 1 when no other
-/// live host has a connection of this user in the room (a `join` is due).
+/// connection. Returns {user_joined, live hosts}: user_joined is 1 when this
+/// field is the user's first in the room (a `join` is due).
 pub(crate) static JOIN: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
+    room_script(
         r#"
 local node, user, now = ARGV[1], ARGV[2], ARGV[3]
 redis.call('ZADD', KEYS[1], ARGV[4], node)
 local joined = 0
-if redis.call('HINCRBY', KEYS[2], node .. '|' .. user, 1) == 1 then
+if redis.call('HINCRBY', KEYS[2], node .. '|' .. user, 1) == 1 and not held_elsewhere(node, user) then
   joined = 1
-  for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
-    if other ~= node and redis.call('HEXISTS', KEYS[2], other .. '|' .. user) == 1 then
-      joined = 0
-      break
-    end
-  end
 end
 return {joined, redis.call('ZCOUNT', KEYS[1], now, '+inf')}
 "#,
@@ -110,27 +148,21 @@ return {joined, redis.call('ZCOUNT', KEYS[1], now, '+inf')}
 ///
 /// KEYS: room hosts zset, room members hash.
 /// ARGV: node, user, now, room_empty_here (0/1).
-/// Returns {user_left, hosts}: user_left is 1 when the user has no
-/// connection left in the room on any live host (a `leave` is due).
+/// Returns {user_left, live hosts}: user_left is 1 when the user's last
+/// field in the room went (a `leave` is due). Hosts whose heartbeat lapsed
+/// stay in the zset until their sweep (which emits their users' leaves).
 pub(crate) static LEAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
+    room_script(
         r#"
 local node, user, now = ARGV[1], ARGV[2], ARGV[3]
 local field = node .. '|' .. user
 local left = 0
 if redis.call('HINCRBY', KEYS[2], field, -1) <= 0 then
   redis.call('HDEL', KEYS[2], field)
-  left = 1
-  for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
-    if other ~= node and redis.call('HEXISTS', KEYS[2], other .. '|' .. user) == 1 then
-      left = 0
-      break
-    end
-  end
+  if not held_elsewhere(node, user) then left = 1 end
 end
 if ARGV[4] == '1' then redis.call('ZREM', KEYS[1], node) end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
-return {left, redis.call('ZCARD', KEYS[1])}
+return {left, redis.call('ZCOUNT', KEYS[1], now, '+inf')}
 "#,
     )
 });
@@ -344,20 +376,129 @@ return out
     )
 });
 
-/// Remove one node from a room (sweeping a dead node, or purging this
-/// node's stale entries before it re-registers).
+/// Remove one node from a room: sweeping a dead node, this node's entry of
+/// a room it no longer hosts, or a drained node's rooms.
 ///
 /// KEYS: room hosts zset, room members hash. ARGV: node.
-/// Returns the number of hosts left.
+/// Returns {hosts left, departed users...}: the users whose last field in
+/// the room this removed (their `leave` is due).
 pub(crate) static SWEEP_ROOM: LazyLock<Script> = LazyLock::new(|| {
+    room_script(
+        r#"
+local node = ARGV[1]
+local prefix = node .. '|'
+redis.call('ZREM', KEYS[1], node)
+local out = {0}
+for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if string.sub(field, 1, #prefix) == prefix then
+    redis.call('HDEL', KEYS[2], field)
+    local user = string.sub(field, #prefix + 1)
+    if not held_elsewhere(node, user) then table.insert(out, user) end
+  end
+end
+out[1] = redis.call('ZCARD', KEYS[1])
+return out
+"#,
+    )
+});
+
+/// Write this node's view of one room over whatever Redis holds for it
+/// (a repair or a resync): the host entry, exactly these member counts, and
+/// none of this node's other fields in the room. Nothing is removed first,
+/// so the node never looks absent while it repairs.
+///
+/// KEYS: room hosts zset, room members hash.
+/// ARGV: node, expiry, then user, connections, user, connections, ...
+/// Returns {departed users, arrived users}: those whose last field in the
+/// room this removed (their `leave` is due), and those whose first field it
+/// created. The caller announces arrivals only when this node knows its
+/// users were announced as gone (it was swept while alive); otherwise a
+/// rewrite restores what the room's watchers were told already (Redis lost
+/// it: a restart, a failover).
+pub(crate) static REWRITE_ROOM: LazyLock<Script> = LazyLock::new(|| {
+    room_script(
+        r#"
+local node = ARGV[1]
+local prefix = node .. '|'
+local want = {}
+for i = 3, #ARGV, 2 do want[ARGV[i]] = true end
+redis.call('ZADD', KEYS[1], ARGV[2], node)
+local departed = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if string.sub(field, 1, #prefix) == prefix then
+    local user = string.sub(field, #prefix + 1)
+    if not want[user] then
+      redis.call('HDEL', KEYS[2], field)
+      if not held_elsewhere(node, user) then table.insert(departed, user) end
+    end
+  end
+end
+local arrived = {}
+for i = 3, #ARGV, 2 do
+  if redis.call('HSET', KEYS[2], prefix .. ARGV[i], ARGV[i + 1]) == 1
+    and not held_elsewhere(node, ARGV[i]) then
+    table.insert(arrived, ARGV[i])
+  end
+end
+return {departed, arrived}
+"#,
+    )
+});
+
+/// The audit of a user or tenant hash: removes the fields of nodes that are
+/// not in the node index at all (swept, or never swept because their own
+/// index was lost), which nothing else would ever remove.
+///
+/// KEYS: the hash. ARGV: every node in the node index (live or dead).
+/// Returns the number of fields removed.
+pub(crate) static AUDIT_COUNTS: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
-local prefix = ARGV[1] .. '|'
-for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
-  if string.sub(field, 1, #prefix) == prefix then redis.call('HDEL', KEYS[2], field) end
+local known = {}
+for i = 1, #ARGV do known[ARGV[i]] = true end
+local removed = 0
+for _, node in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if not known[node] then
+    redis.call('HDEL', KEYS[1], node)
+    removed = removed + 1
+  end
 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-return redis.call('ZCARD', KEYS[1])
+return removed
+"#,
+    )
+});
+
+/// The audit of a room: removes hosts and member fields of nodes that are
+/// not in the node index at all.
+///
+/// KEYS: room hosts zset, room members hash. ARGV: every node in the node index.
+/// Returns {fields and hosts removed, departed users...}.
+pub(crate) static AUDIT_ROOM: LazyLock<Script> = LazyLock::new(|| {
+    room_script(
+        r#"
+local known = {}
+for i = 1, #ARGV do known[ARGV[i]] = true end
+local out, departed = {0}, {}
+for _, host in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if not known[host] then
+    redis.call('ZREM', KEYS[1], host)
+    out[1] = out[1] + 1
+  end
+end
+for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
+  local bar = string.find(field, '|', 1, true)
+  local node = bar and string.sub(field, 1, bar - 1)
+  if node and not known[node] then
+    redis.call('HDEL', KEYS[2], field)
+    out[1] = out[1] + 1
+    local user = string.sub(field, bar + 1)
+    if not departed[user] and not held_elsewhere(node, user) then
+      departed[user] = true
+      table.insert(out, user)
+    end
+  end
+end
+return out
 "#,
     )
 });
@@ -377,7 +518,7 @@ return 0
 });
 
 /// Every script, for loading after a (re)connect.
-pub(crate) fn all() -> [&'static Script; 10] {
+pub(crate) fn all() -> [&'static Script; 13] {
     [
         &ADMIT,
         &RELEASE,
@@ -388,6 +529,9 @@ pub(crate) fn all() -> [&'static Script; 10] {
         &ROUTE_TENANT,
         &HISTORY,
         &SWEEP_ROOM,
+        &REWRITE_ROOM,
+        &AUDIT_COUNTS,
+        &AUDIT_ROOM,
         &REMOVE_DEAD_NODE,
     ]
 }

@@ -1,6 +1,7 @@
 //! The actor's state and its loop: take a batch of requests, apply it,
 //! heartbeat on a timer, let lingering channels go.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,9 +9,10 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::op::{Op, Scope};
-use super::state::{Channels, Registered};
+use super::state::{Audit, Channels, Registered};
+use crate::cluster::PresenceChange;
 use crate::cluster::redis::health::{Health, NodeLiveness};
-use crate::cluster::redis::keys::{Keyspace, Layout};
+use crate::cluster::redis::keys::Keyspace;
 use crate::cluster::redis::shards::Redis;
 use crate::config::RedisConfig;
 
@@ -40,6 +42,17 @@ pub(crate) struct Actor {
     pub(crate) channels: Channels,
     /// What this node has told Redis: the truth for every resync.
     pub(crate) registered: Registered,
+    /// Index entries whose registry script failed or whose outcome is
+    /// unknown: rewritten from `registered` at the next heartbeat, and
+    /// retried until that succeeds.
+    pub(crate) dirty: BTreeSet<String>,
+    /// Set when a heartbeat found this node swept while it was alive: its
+    /// users were announced as gone, so the resync announces them again.
+    pub(crate) swept: bool,
+    /// Presence changes for the node to announce (see [`PresenceChange`]).
+    pub(crate) announce: mpsc::Sender<PresenceChange>,
+    /// Where the audit of stale entries stands.
+    pub(crate) audit: Audit,
     /// Node start time (ms), published in the node info.
     pub(crate) started_ms: u64,
     /// Listen address, published in the node info.
@@ -144,20 +157,6 @@ impl Actor {
         // subscription an unanswered UNSUBSCRIBE may have ended.
         self.channels.forget(&expired);
         self.redis.unsubscribe(&expired).await;
-    }
-
-    /// Marks the part of the registry `key` lives in as needing a rewrite:
-    /// the whole node on one Redis, the key's shard on a Redis Cluster.
-    pub(super) fn mark_unsynced(&self, key: &str) {
-        match self.keys.layout() {
-            Layout::Single => self.health.set_synced(false),
-            Layout::Cluster => {
-                if let Some(shard) = self.redis.shard_of_key(key) {
-                    shard.set_synced(false);
-                }
-                self.redis.mark_stale();
-            }
-        }
     }
 }
 

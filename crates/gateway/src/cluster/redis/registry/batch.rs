@@ -15,7 +15,8 @@ use fred::types::Value;
 use tracing::debug;
 
 use super::actor::Actor;
-use super::op::Change;
+use super::op::{Change, LeaveReply};
+use super::writes::Cause;
 use crate::clock::now_millis;
 use crate::cluster::redis::keys::{self, IndexEntry};
 use crate::cluster::redis::{scripts, shards};
@@ -31,7 +32,7 @@ fn script_error(script: &'static str, r: Option<Result<Value, fred::error::Error
 }
 
 /// The index entries a change touches.
-fn index_entries(change: &Change) -> Vec<String> {
+pub(super) fn index_entries(change: &Change) -> Vec<String> {
     match change {
         Change::Register { tenant, user, .. } | Change::Unregister { tenant, user } => {
             vec![keys::index_user(tenant, user), keys::index_tenant(tenant)]
@@ -90,7 +91,7 @@ impl Actor {
         let now = now_millis();
         let expiry = now + self.config.entry_ttl().as_millis() as u64;
         let node = self.keys.node().to_owned();
-        let dead: Vec<Value> = self.liveness.dead().into_iter().map(Value::from).collect();
+        let live: Vec<Value> = self.liveness.live().into_iter().map(Value::from).collect();
         let linger = self.config.channel_linger;
         let mut created = Vec::new();
         let mut touched = BTreeSet::new();
@@ -124,6 +125,7 @@ impl Actor {
                         node.clone().into(),
                         limits.per_user.into(),
                         limits.per_tenant.into(),
+                        "1".into(),
                     ];
                     (&scripts::ADMIT, keys, args)
                 }
@@ -183,9 +185,20 @@ impl Actor {
                 }
             };
             if matches!(change, Change::Register { .. }) {
-                args.extend(dead.iter().cloned());
+                args.extend(live.iter().cloned());
             }
             scripted.push((change, script, keys, args));
+        }
+        if !self.health.is_connected() {
+            // Redis is unreachable (only departures get here: admissions and
+            // joins were refused as not ready). Waiting a command timeout for
+            // each batch would hold every closing session; the view has them
+            // already, and the resync after the reconnect writes it.
+            for (change, ..) in scripted {
+                self.dirty.extend(index_entries(&change));
+                self.settle(change, None, &mut Vec::new());
+            }
+            return;
         }
         let mut pipe = self.redis.pipe();
         if !created.is_empty() {
@@ -195,7 +208,7 @@ impl Actor {
             }
         }
         if !new_rooms.is_empty() {
-            super::sync::queue_room_expiries(&mut pipe, &self.keys, new_rooms).await;
+            super::writes::queue_room_expiries(&mut pipe, &self.keys, new_rooms).await;
         }
         let prefix = pipe.len();
         for (_, script, keys, args) in &scripted {
@@ -208,6 +221,7 @@ impl Actor {
         // 3. Replies; roll back what Redis refused.
         let mut emptied_rooms = Vec::new();
         let mut failed = BTreeSet::new();
+        let mut fresh_live: Option<Vec<String>> = None;
         for (change, script, keys, args) in scripted {
             let mut result = results.next();
             if let Some(Err(e)) = &result
@@ -222,30 +236,49 @@ impl Actor {
                 // room; the next resync of the slot rewrites the truth).
                 result = Some(
                     self.redis
+                        .eval_with::<Value>(
+                            script,
+                            keys.clone(),
+                            args.clone(),
+                            shards::Follow::Registry,
+                        )
+                        .await,
+                );
+            }
+            if matches!(change, Change::Register { .. })
+                && matches!(&result, Some(Ok(v)) if v.as_i64() == Some(3))
+            {
+                // Fields of a node this one does not know would decide a
+                // refusal: ask again, knowing who is live now.
+                let live = match fresh_live.take() {
+                    Some(live) => live,
+                    None => self.read_live().await,
+                };
+                let mut args = args;
+                args.truncate(3);
+                args.push("0".into());
+                args.extend(live.iter().cloned().map(Value::from));
+                fresh_live = Some(live);
+                result = Some(
+                    self.redis
                         .eval_with::<Value>(script, keys.clone(), args, shards::Follow::Registry)
                         .await,
                 );
             }
-            if let Some(Err(e)) = &result {
-                tracing::debug!(error = %e, key = %keys[0], "registry script failed");
-            }
-            if let Some(Err(e)) = &result {
-                // Its index entries stay: whatever the script left in Redis
-                // must stay findable by a purge.
-                failed.extend(index_entries(&change));
+            if !matches!(result, Some(Ok(_))) {
+                if let Some(Err(e)) = &result {
+                    debug!(error = %e, key = %keys[0], "registry script failed; repairing its entries");
+                }
                 // The script failed, or its outcome is unknown (a timeout may
                 // come after it ran; NOSCRIPT after a lost script cache). The
-                // view has been settled as if it did not run, which Redis may
-                // not agree with: the supervisor rewrites Redis from the view
-                // (and reloads the scripts) — the whole registry on one
-                // Redis, the key's shard on a Redis Cluster. A redirection
-                // proves the script did not run: nothing to rewrite.
-                if !shards::is_redirect(e) {
-                    self.mark_unsynced(&keys[0]);
-                }
-            } else if result.is_none() {
-                failed.extend(index_entries(&change));
-                self.mark_unsynced(&keys[0]);
+                // view is settled as if it did not run, which Redis may not
+                // agree with: the entries it touched are rewritten from the
+                // view at the next heartbeat (a repair), and only those. The
+                // node stays ready meanwhile. Their index entries stay, so
+                // that whatever the script left stays findable.
+                let entries = index_entries(&change);
+                failed.extend(entries.iter().cloned());
+                self.dirty.extend(entries);
             }
             self.settle(change, result, &mut emptied_rooms);
         }
@@ -265,7 +298,7 @@ impl Actor {
                 let _: Result<(), _> = p.srem(index, stale).await;
             }
         }
-        super::sync::queue_room_removals(&mut pipe, &self.keys, emptied_rooms).await;
+        super::writes::queue_room_removals(&mut pipe, &self.keys, emptied_rooms).await;
         for r in pipe.all().await {
             if let Err(e) = r {
                 debug!(error = %e, "registry index cleanup failed; the next resync rewrites it");
@@ -332,23 +365,26 @@ impl Actor {
             Change::Leave {
                 tenant,
                 room,
+                user,
                 reply,
-                ..
             } => match result {
                 Some(Ok(v)) => {
                     let (left, hosts) = pair(&v);
                     if hosts == 0 {
                         emptied_rooms.push(keys::room_id(&tenant, &room));
                     }
-                    let _ = reply.send(Ok(left == 1));
+                    if left == 1 && matches!(reply, LeaveReply::Announce) {
+                        self.depart(&tenant, &room, [user.to_string()], Cause::Drain);
+                    }
+                    reply.send(Ok(left == 1));
                 }
-                other => drop(reply.send(Err(script_error("leave", other)))),
+                other => reply.send(Err(script_error("leave", other))),
             },
         }
     }
 
     /// Whether an index entry is still backed by this node's view.
-    fn in_view(&self, entry: &str) -> bool {
+    pub(super) fn in_view(&self, entry: &str) -> bool {
         match keys::parse_index(entry) {
             Some(IndexEntry::Room(t, r)) => self.registered.rooms.contains_key(&(t, r)),
             Some(IndexEntry::User(t, u)) => self.registered.users.contains_key(&(t, u)),
@@ -430,6 +466,10 @@ mod tests {
             liveness: Arc::new(NodeLiveness::default()),
             channels: Default::default(),
             registered: Default::default(),
+            dirty: Default::default(),
+            swept: false,
+            announce: tokio::sync::mpsc::channel(16).0,
+            audit: Default::default(),
             started_ms: 0,
             addr: "127.0.0.1:0".into(),
         };
@@ -461,7 +501,7 @@ mod tests {
                 tenant: n("acme"),
                 room: n("lobby"),
                 user: n(user),
-                reply,
+                reply: LeaveReply::Caller(reply),
             },
             rx,
         )

@@ -60,13 +60,33 @@ pub(crate) enum Change {
         tenant: Name,
         room: Name,
         user: Name,
-        reply: oneshot::Sender<Result<bool, BusError>>,
+        reply: LeaveReply,
     },
+}
+
+/// Who learns a leave's outcome.
+#[derive(Debug)]
+pub(crate) enum LeaveReply {
+    /// The session that left: it announces a due `leave` itself.
+    Caller(oneshot::Sender<Result<bool, BusError>>),
+    /// Nobody waits (a draining node's release): a due `leave` is reported
+    /// as a departure.
+    Announce,
+}
+
+impl LeaveReply {
+    /// Answers the caller, if one waits.
+    pub(crate) fn send(self, outcome: Result<bool, BusError>) {
+        if let LeaveReply::Caller(reply) = self {
+            let _ = reply.send(outcome);
+        }
+    }
 }
 
 impl Change {
     /// Admissions and joins are refused while the node is not ready;
-    /// departures are always recorded (a resync corrects Redis later).
+    /// departures are always recorded (a repair or resync corrects Redis
+    /// later).
     pub(crate) fn needs_ready(&self) -> bool {
         matches!(self, Change::Register { .. } | Change::Join { .. })
     }
@@ -75,7 +95,8 @@ impl Change {
     pub(crate) fn refuse(self, err: BusError) {
         match self {
             Change::Register { reply, .. } => drop(reply.send(Err(AdmitError::Unavailable(err)))),
-            Change::Join { reply, .. } | Change::Leave { reply, .. } => drop(reply.send(Err(err))),
+            Change::Join { reply, .. } => drop(reply.send(Err(err))),
+            Change::Leave { reply, .. } => reply.send(Err(err)),
             Change::Unregister { .. } => {}
         }
     }

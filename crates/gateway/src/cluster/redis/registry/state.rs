@@ -192,6 +192,16 @@ fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K) -> bool
     }
 }
 
+/// Where the audit stands.
+#[derive(Debug, Default)]
+pub(crate) struct Audit {
+    /// Shard id → SCAN cursor of the pass under way (a shard not listed
+    /// has not started; `Some(0)` after its first step: done).
+    pub(crate) cursors: HashMap<String, u64>,
+    /// When the next pass starts (`None`: a pass is under way or due).
+    pub(crate) next_pass: Option<Instant>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

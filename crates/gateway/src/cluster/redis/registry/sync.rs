@@ -7,14 +7,12 @@
 //! other shards keep serving.
 
 use fred::clients::Client;
-use fred::interfaces::{
-    HashesInterface, KeysInterface, LuaInterface, SetsInterface, SortedSetsInterface,
-};
-use fred::types::sorted_sets::Ordering;
+use fred::interfaces::{HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface};
 use fred::types::{Expiration, SetOptions, Value};
 use tracing::{debug, info, warn};
 
 use super::actor::Actor;
+use super::writes::{Cause, load_scripts, queue_room_expiries, queue_room_removals, users_of};
 use crate::clock::now_millis;
 use crate::cluster::BusError;
 use crate::cluster::redis::keys::{self, IndexEntry, Layout, parse_index};
@@ -81,8 +79,12 @@ impl Actor {
                 return;
             }
         }
+        self.repair().await;
         if let Err(e) = self.sweep_dead().await {
             debug!(error = %e, cause = ?std::error::Error::source(&e), "sweep failed; another round will retry");
+        }
+        if let Err(e) = self.audit_step().await {
+            debug!(error = %e, cause = ?std::error::Error::source(&e), "registry audit step failed; the next round retries");
         }
     }
 
@@ -166,10 +168,26 @@ impl Actor {
             // Our registry was swept while we were alive (we missed heartbeats
             // long enough to be taken for dead). Rewrite it.
             warn!("this node's registry entries were swept; re-registering");
+            self.swept = true;
             self.health.set_synced(false);
             return Ok(None);
         }
         Ok(Some(Beat { now, expiry }))
+    }
+
+    /// The live nodes as the node index says now (admissions that met a
+    /// node this one did not know yet); the last heartbeat's view if Redis
+    /// does not answer.
+    pub(super) async fn read_live(&self) -> Vec<String> {
+        let nodes = self.keys.nodes();
+        let read: Result<Vec<String>, BusError> = match self.client_for(&nodes, "live nodes") {
+            Ok(client) => client
+                .zrangebyscore(&nodes, now_millis() as f64, "+inf", false, None)
+                .await
+                .map_err(redis_err("live nodes")),
+            Err(e) => Err(e),
+        };
+        read.unwrap_or_else(|_| self.liveness.live())
     }
 
     /// Renews the host entry of every room this node has members in. On a
@@ -261,7 +279,7 @@ impl Actor {
                 continue;
             }
             info!(dead_node = %node, "sweeping the registry entries of a dead node");
-            self.sweep(&node, |_| true).await?;
+            self.sweep(&node, |_| true, Cause::Sweep).await?;
             self.delete_node(&node).await?;
             let _: i64 = self
                 .redis
@@ -277,7 +295,7 @@ impl Actor {
     }
 
     /// Deletes a node's index and info (two slots on a Redis Cluster).
-    async fn delete_node(&self, node: &str) -> Result<(), BusError> {
+    pub(super) async fn delete_node(&self, node: &str) -> Result<(), BusError> {
         let mut pipe = self.redis.pipe();
         for key in [self.keys.node_index(node), self.keys.node_info(node)] {
             if let Some(p) = pipe.at(&key) {
@@ -288,11 +306,13 @@ impl Actor {
     }
 
     /// Removes the registry entries `node` recorded in its index whose keys
-    /// `within` selects (all of them, or those of one shard).
+    /// `within` selects (all of them, or those of one shard), reporting the
+    /// users whose last field in a room went as departures.
     pub(super) async fn sweep(
         &self,
         node: &str,
         within: impl Fn(&str) -> bool,
+        cause: Cause,
     ) -> Result<(), BusError> {
         let index = self.keys.node_index(node);
         let entries: Vec<String> = self
@@ -313,7 +333,7 @@ impl Actor {
                         if let Some(p) = pipe.at(&keys[0]) {
                             scripts::queue(p, &scripts::SWEEP_ROOM, keys, vec![node.into()]).await;
                         }
-                        rooms.push(Some(keys::room_id(&t, &r)));
+                        rooms.push(Some((t, r)));
                     }
                     Some(IndexEntry::User(t, u)) => {
                         let key = self.keys.user_conns(&t, &u);
@@ -342,7 +362,16 @@ impl Actor {
             let mut emptied = Vec::new();
             for (room, result) in rooms.into_iter().zip(results) {
                 match (room, result) {
-                    (Some(room), Ok(v)) if v.as_i64() == Some(0) => emptied.push(room),
+                    (Some((t, r)), Ok(v)) => {
+                        self.depart(&t, &r, users_of(&v, 1), cause);
+                        let hosts = match &v {
+                            Value::Array(items) => items.first().and_then(Value::as_i64),
+                            _ => None,
+                        };
+                        if hosts == Some(0) {
+                            emptied.push(keys::room_id(&t, &r));
+                        }
+                    }
                     (_, Err(e)) => return Err(BusError::redis("sweep", e)),
                     _ => {}
                 }
@@ -357,6 +386,12 @@ impl Actor {
     /// Rewrites this node's registry and subscriptions from its own view:
     /// after start and after every reconnect (one Redis), or when the node
     /// was swept while alive.
+    ///
+    /// Nothing is purged first: every entry of the view and of the node's
+    /// index is written over in place and what the view no longer has is
+    /// removed ([`Actor::reconcile`]), so other nodes never see this node's
+    /// users vanish and come back. The node is not ready meanwhile only
+    /// because its subscriptions may be missing.
     ///
     /// On a Redis Cluster the node-wide part (heartbeat, index) must
     /// succeed; each shard is then resynced on its own, and a shard that
@@ -394,37 +429,17 @@ impl Actor {
             )
             .await
             .map_err(redis_err("resync heartbeat"))?;
-        // Registry: purge whatever an earlier incarnation or a half-applied
-        // operation left (on a cluster, on the shards that answer), then
-        // rewrite the index; each shard's entries are rewritten below.
-        let node = self.keys.node().to_owned();
-        if cluster {
-            for shard in &shards {
-                if let Err(e) = self.sweep(&node, |k| self.redis.key_on(k, &shard.id)).await {
-                    debug!(shard = %shard.id, error = %e, "purge failed; the shard's resync retries");
-                }
-            }
-        } else {
-            self.sweep(&node, |_| true).await?;
-        }
-        if cluster {
-            // Keep the index (a superset is safe): entries on a shard whose
-            // purge failed must stay findable by its later purge.
-            let info = self.keys.node_info(&node);
-            if let Ok(client) = self.client_for(&info, "resync") {
-                let _: Result<(), _> = client.del(&info).await;
-            }
-        } else {
-            self.delete_node(&node).await?;
-        }
+        // The index first (a superset is safe): what is written below must
+        // stay findable by a sweep if this node dies halfway.
         self.write_index(|_| true).await?;
         for pinned in self.keys.pinned() {
             self.channels.pin(pinned);
         }
+        let rejoin = self.swept;
         for (shard, generation) in shards.iter().zip(generations) {
             shard.take_moved();
             let on = self.on_shard(shard);
-            match self.rewrite(shard, on).await {
+            match self.rewrite(shard, on, rejoin).await {
                 Ok(()) => {
                     shard.synced_since(generation);
                 }
@@ -434,6 +449,7 @@ impl Actor {
                 Err(e) => return Err(e),
             }
         }
+        self.swept = false;
         self.health.set_synced(true);
         // Node entries and liveness; the rooms were just written.
         if let Some(beat) = self.beat_node().await? {
@@ -449,9 +465,9 @@ impl Actor {
     }
 
     /// Redis Cluster: resubscribes and rewrites what lives on one shard
-    /// (after it reconnected, was promoted, or took slots over). Entries of
-    /// its slots are purged first, so that what a failover lost or kept
-    /// stale is replaced by the node's view.
+    /// (after it reconnected, was promoted, or took slots over). Its entries
+    /// are written over in place from the node's view, so that what a
+    /// failover lost or kept stale is corrected.
     pub(super) async fn resync_shard(&mut self, id: &str) -> Result<(), BusError> {
         let Some(shard) = self.redis.shard(id) else {
             return Ok(()); // no longer a primary; its slots' new owner resyncs
@@ -461,12 +477,11 @@ impl Actor {
         shard.take_moved();
         load_scripts(&shard).await?;
         let node = self.keys.node().to_owned();
-        self.sweep(&node, |k| self.redis.key_on(k, id)).await?;
         if self.redis.key_on(&self.keys.node_index(&node), id) {
             self.write_index(|_| true).await?;
         }
         let on = self.on_shard(&shard);
-        self.rewrite(&shard, on).await?;
+        self.rewrite(&shard, on, false).await?;
         if !shard.synced_since(generation) {
             info!(shard = %id, "a redis shard reconnected during its resync; resyncing it again");
         }
@@ -476,10 +491,10 @@ impl Actor {
     }
 
     /// Redis Cluster: slots a shard took over by a migration. Their keys
-    /// arrived intact, so nothing is purged; their channels are subscribed
-    /// on the new owner (the old one dropped them, telling only with a
-    /// pushed `sunsubscribe`) and the node's entries there are rewritten.
-    /// The shard's other slots are not touched and keep serving.
+    /// arrived intact; their channels are subscribed on the new owner (the
+    /// old one dropped them, telling only with a pushed `sunsubscribe`) and
+    /// the node's entries there are written over. The shard's other slots
+    /// are not touched and keep serving.
     pub(super) async fn resync_slots(
         &mut self,
         id: &str,
@@ -489,7 +504,7 @@ impl Actor {
             return Ok(());
         };
         load_scripts(&shard).await?;
-        self.rewrite(&shard, |k: &str| slots.contains(&slot_of(k)))
+        self.rewrite(&shard, |k: &str| slots.contains(&slot_of(k)), false)
             .await?;
         if shard.is_synced() && !shard.has_moved() {
             shard.gap_closed();
@@ -512,19 +527,7 @@ impl Actor {
     async fn write_index(&self, within: impl Fn(&str) -> bool) -> Result<(), BusError> {
         let node = self.keys.node();
         let mut index = vec![keys::INDEX_MARKER.to_owned()];
-        index.extend(
-            self.registered
-                .rooms
-                .keys()
-                .map(|(t, r)| keys::index_room(t, r)),
-        );
-        index.extend(
-            self.registered
-                .users
-                .keys()
-                .map(|(t, u)| keys::index_user(t, u)),
-        );
-        index.extend(self.registered.tenants.keys().map(keys::index_tenant));
+        index.extend(self.view_entries());
         let key = self.keys.node_index(node);
         if !within(&key) {
             return Ok(());
@@ -541,8 +544,14 @@ impl Actor {
 
     /// Subscribes the channels and writes the entries of the node's view
     /// that `on` selects, on `shard` (with its probe channel). On one Redis
-    /// the one shard holds everything.
-    async fn rewrite(&mut self, shard: &Shard, on: impl Fn(&str) -> bool) -> Result<(), BusError> {
+    /// the one shard holds everything. `rejoin`: this node was swept while
+    /// alive, and the users it re-registers are announced again.
+    async fn rewrite(
+        &mut self,
+        shard: &Shard,
+        on: impl Fn(&str) -> bool,
+        rejoin: bool,
+    ) -> Result<(), BusError> {
         // Subscriptions before entries: a node hears a room before it
         // registers as its host.
         self.channels.reset_subscribed(&on);
@@ -562,59 +571,13 @@ impl Actor {
                 return Err(BusError::redis("resubscribe", e));
             }
         }
-        let node = self.keys.node().to_owned();
-        let expiry = now_millis() + self.config.entry_ttl().as_millis() as u64;
-        let mut pipe = Chunked::new(&self.redis, "re-register", None);
-        let mut rooms = Vec::new();
-        for ((tenant, room), users) in &self.registered.rooms {
-            let hosts = self.keys.room_hosts(tenant, room);
-            if !on(&hosts) {
-                continue;
-            }
-            if let Some(p) = pipe.next(&hosts).await? {
-                let _: Result<(), _> = p
-                    .zadd(&hosts, None, None, false, false, (expiry as f64, &*node))
-                    .await;
-            }
-            let members = self.keys.room_members(tenant, room);
-            let fields: Vec<(String, String)> = users
-                .iter()
-                .map(|(u, n)| (format!("{node}|{u}"), n.to_string()))
-                .collect();
-            if let Some(p) = pipe.next(&members).await? {
-                let _: Result<(), _> = p.hset(&members, fields).await;
-            }
-            rooms.push((expiry as f64, keys::room_id(tenant, room)));
-        }
-        for ((tenant, user), n) in &self.registered.users {
-            let key = self.keys.user_conns(tenant, user);
-            if !on(&key) {
-                continue;
-            }
-            if let Some(p) = pipe.next(&key).await? {
-                let _: Result<(), _> = p.hset(&key, (node.as_str(), n.to_string())).await;
-            }
-        }
-        for (tenant, n) in &self.registered.tenants {
-            let key = self.keys.tenant_conns(tenant);
-            if !on(&key) {
-                continue;
-            }
-            if let Some(p) = pipe.next(&key).await? {
-                let _: Result<(), _> = p.hset(&key, (node.as_str(), n.to_string())).await;
-            }
-        }
-        pipe.finish().await?;
-        let mut pipe = self.redis.pipe();
-        queue_room_expiries(&mut pipe, &self.keys, rooms).await;
-        first_error(pipe.all().await, "re-register rooms")?;
-        Ok(())
+        self.reconcile(on, rejoin).await
     }
 
     /// Removes this node from the cluster (drain): its entries, then itself.
     pub(super) async fn deregister(&mut self) {
         let node = self.keys.node().to_owned();
-        let swept = match self.sweep(&node, |_| true).await {
+        let swept = match self.sweep(&node, |_| true, Cause::Drain).await {
             Ok(()) => self.delete_node(&node).await,
             Err(e) => Err(e),
         };
@@ -632,87 +595,17 @@ impl Actor {
                 }
             }
         }
+        // Readiness is left as it was: the node is draining (not ready on
+        // its own account), and the departures reported above are still
+        // to be published through this bus.
         self.redis.unsubscribe_all().await;
-        self.health.set_synced(false);
     }
-}
-
-/// Loads every script on one shard (scripts are not replicated: a promoted
-/// replica, or a Redis restarted empty, has none).
-async fn load_scripts(shard: &Shard) -> Result<(), BusError> {
-    for script in scripts::all() {
-        if let Some(lua) = script.lua() {
-            let _: Value = shard
-                .publisher
-                .script_load(lua.to_string())
-                .await
-                .map_err(redis_err("script load"))?;
-        }
-    }
-    Ok(())
 }
 
 /// When a heartbeat ran, and until when its entries hold.
 struct Beat {
     now: u64,
     expiry: u64,
-}
-
-/// Queues the expiry of rooms in the cluster's room index (never lowering
-/// one): one command per index key.
-pub(super) async fn queue_room_expiries(
-    pipe: &mut Pipe,
-    keyspace: &keys::Keyspace,
-    rooms: Vec<(f64, String)>,
-) {
-    for (key, members) in by_room_key(keyspace, rooms, |(_, id)| id) {
-        // At most CHUNK members per command, so that no one command holds
-        // Redis long however many rooms a node has.
-        for chunk in members.chunks(CHUNK) {
-            if let Some(p) = pipe.at(&key) {
-                let _: Result<(), _> = p
-                    .zadd(
-                        &key,
-                        None,
-                        Some(Ordering::GreaterThan),
-                        false,
-                        false,
-                        chunk.to_vec(),
-                    )
-                    .await;
-            }
-        }
-    }
-}
-
-/// Queues the removal of rooms from the cluster's room index.
-pub(super) async fn queue_room_removals(
-    pipe: &mut Pipe,
-    keyspace: &keys::Keyspace,
-    rooms: Vec<String>,
-) {
-    for (key, members) in by_room_key(keyspace, rooms, |id| id) {
-        if let Some(p) = pipe.at(&key) {
-            let _: Result<(), _> = p.zrem(&key, members).await;
-        }
-    }
-}
-
-/// Rooms grouped by the room index key each belongs in.
-fn by_room_key<T>(
-    keyspace: &keys::Keyspace,
-    rooms: Vec<T>,
-    id: impl Fn(&T) -> &String,
-) -> Vec<(String, Vec<T>)> {
-    let mut groups: Vec<(String, Vec<T>)> = Vec::new();
-    for room in rooms {
-        let key = keyspace.rooms(id(&room));
-        match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, v)) => v.push(room),
-            None => groups.push((key, vec![room])),
-        }
-    }
-    groups
 }
 
 /// A pipeline that is sent once it holds about `CHUNK` commands, so that a
