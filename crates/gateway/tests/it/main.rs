@@ -27,6 +27,7 @@ mod redis_cluster;
 mod redis_cluster_failover;
 mod redis_cluster_support;
 mod redis_support;
+mod registry_faults;
 mod rolling_restart;
 mod session;
 mod slow_consumer;

@@ -405,24 +405,32 @@ return out
 /// Write this node's view of one room over whatever Redis holds for it
 /// (a repair or a resync): the host entry, exactly these member counts, and
 /// none of this node's other fields in the room. Nothing is removed first,
-/// so the node never looks absent while it repairs.
+/// so the node never looks absent while it repairs. With no members the
+/// node's host entry goes too (it no longer hosts the room).
 ///
 /// KEYS: room hosts zset, room members hash.
-/// ARGV: node, expiry, then user, connections, user, connections, ...
-/// Returns {departed users, arrived users}: those whose last field in the
-/// room this removed (their `leave` is due), and those whose first field it
-/// created. The caller announces arrivals only when this node knows its
-/// users were announced as gone (it was swept while alive); otherwise a
-/// rewrite restores what the room's watchers were told already (Redis lost
-/// it: a restart, a failover).
+/// ARGV: node, expiry, n, then n pairs user, connections, then users to
+///       check.
+/// Returns {departed, arrived, absent, hosts left}: the users whose last
+/// field in the room this removed (their `leave` is due), those whose first
+/// field it created, and those of the users to check who have no field in
+/// the room at all (a leave whose outcome was unknown). The caller announces
+/// arrivals only when this node knows its users were announced as gone (it
+/// was swept while alive); otherwise a rewrite restores what the room's
+/// watchers were told already (Redis lost it: a restart, a failover).
 pub(crate) static REWRITE_ROOM: LazyLock<Script> = LazyLock::new(|| {
     room_script(
         r#"
 local node = ARGV[1]
 local prefix = node .. '|'
+local n = tonumber(ARGV[3])
 local want = {}
-for i = 3, #ARGV, 2 do want[ARGV[i]] = true end
-redis.call('ZADD', KEYS[1], ARGV[2], node)
+for i = 4, 3 + 2 * n, 2 do want[ARGV[i]] = true end
+if n > 0 then
+  redis.call('ZADD', KEYS[1], ARGV[2], node)
+else
+  redis.call('ZREM', KEYS[1], node)
+end
 local departed = {}
 for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
   if string.sub(field, 1, #prefix) == prefix then
@@ -434,13 +442,19 @@ for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
   end
 end
 local arrived = {}
-for i = 3, #ARGV, 2 do
+for i = 4, 3 + 2 * n, 2 do
   if redis.call('HSET', KEYS[2], prefix .. ARGV[i], ARGV[i + 1]) == 1
     and not held_elsewhere(node, ARGV[i]) then
     table.insert(arrived, ARGV[i])
   end
 end
-return {departed, arrived}
+local absent = {}
+for i = 4 + 2 * n, #ARGV do
+  if not want[ARGV[i]] and not held_elsewhere(node, ARGV[i]) then
+    table.insert(absent, ARGV[i])
+  end
+end
+return {departed, arrived, absent, redis.call('ZCARD', KEYS[1])}
 "#,
     )
 });

@@ -1,7 +1,7 @@
 //! The actor's state and its loop: take a batch of requests, apply it,
 //! heartbeat on a timer, let lingering channels go.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::op::{Op, Scope};
-use super::state::{Audit, Channels, Registered};
+use super::state::{Audit, Channels, Registered, Unknown};
 use crate::cluster::PresenceChange;
 use crate::cluster::redis::health::{Health, NodeLiveness};
 use crate::cluster::redis::keys::Keyspace;
@@ -45,7 +45,7 @@ pub(crate) struct Actor {
     /// Index entries whose registry script failed or whose outcome is
     /// unknown: rewritten from `registered` at the next heartbeat, and
     /// retried until that succeeds.
-    pub(crate) dirty: BTreeSet<String>,
+    pub(crate) dirty: BTreeMap<String, Unknown>,
     /// Set when a heartbeat found this node swept while it was alive: its
     /// users were announced as gone, so the resync announces them again.
     pub(crate) swept: bool,

@@ -16,6 +16,7 @@ use tracing::debug;
 
 use super::actor::Actor;
 use super::op::{Change, LeaveReply};
+use super::state::Unknown;
 use super::writes::Cause;
 use crate::clock::now_millis;
 use crate::cluster::redis::keys::{self, IndexEntry};
@@ -195,7 +196,7 @@ impl Actor {
             // each batch would hold every closing session; the view has them
             // already, and the resync after the reconnect writes it.
             for (change, ..) in scripted {
-                self.dirty.extend(index_entries(&change));
+                self.mark_dirty(&change);
                 self.settle(change, None, &mut Vec::new());
             }
             return;
@@ -276,9 +277,8 @@ impl Actor {
                 // view at the next heartbeat (a repair), and only those. The
                 // node stays ready meanwhile. Their index entries stay, so
                 // that whatever the script left stays findable.
-                let entries = index_entries(&change);
-                failed.extend(entries.iter().cloned());
-                self.dirty.extend(entries);
+                failed.extend(index_entries(&change));
+                self.mark_dirty(&change);
             }
             self.settle(change, result, &mut emptied_rooms);
         }
@@ -380,6 +380,24 @@ impl Actor {
                 }
                 other => reply.send(Err(script_error("leave", other))),
             },
+        }
+    }
+
+    /// Marks the entries a change touched for a repair, with what its
+    /// unknown outcome may have done.
+    fn mark_dirty(&mut self, change: &Change) {
+        let mut unknown = Unknown::default();
+        match change {
+            Change::Join { user, .. } => {
+                unknown.joins.insert(user.to_string());
+            }
+            Change::Leave { user, .. } => {
+                unknown.leaves.insert(user.to_string());
+            }
+            _ => {}
+        }
+        for entry in index_entries(change) {
+            self.dirty.entry(entry).or_default().merge(unknown.clone());
         }
     }
 

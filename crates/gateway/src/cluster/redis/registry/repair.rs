@@ -29,6 +29,7 @@ use fred::types::Value;
 use tracing::{debug, warn};
 
 use super::actor::Actor;
+use super::state::Unknown;
 use super::writes::{
     Cause, entry_key, is_noscript, load_scripts, queue_room_expiries, queue_room_removals, users_of,
 };
@@ -90,9 +91,9 @@ impl Actor {
         if self.dirty.is_empty() {
             return;
         }
-        let entries: Vec<String> = std::mem::take(&mut self.dirty).into_iter().collect();
+        let entries: Vec<(String, Unknown)> = std::mem::take(&mut self.dirty).into_iter().collect();
         let total = entries.len() as u64;
-        let failed = self.write_entries(entries, Cause::Repair, false).await;
+        let failed = self.write_entries(entries, false).await;
         m::registry_repairs(total - failed.len() as u64, failed.len() as u64);
         if !failed.is_empty() {
             debug!(
@@ -100,7 +101,9 @@ impl Actor {
                 "registry repair incomplete; retried at the next heartbeat"
             );
         }
-        self.dirty.extend(failed);
+        for (entry, unknown) in failed {
+            self.dirty.entry(entry).or_default().merge(unknown);
+        }
     }
 
     /// Writes the view over every entry of the view and of this node's
@@ -127,16 +130,21 @@ impl Actor {
             }
         };
         entries.extend(self.view_entries());
-        let selected: Vec<String> = entries
+        entries.extend(self.dirty.keys().cloned());
+        let selected: Vec<(String, Unknown)> = entries
             .into_iter()
             .filter(|e| parse_index(e).is_some_and(|entry| within(&entry_key(&self.keys, &entry))))
+            .map(|e| {
+                let unknown = self.dirty.remove(&e).unwrap_or_default();
+                (e, unknown)
+            })
             .collect();
-        let failed = self
-            .write_entries(selected.clone(), Cause::Repair, announce_arrivals)
-            .await;
-        let written: BTreeSet<&String> = selected.iter().filter(|e| !failed.contains(e)).collect();
-        self.dirty.retain(|e| !written.contains(e));
-        match failed.len() {
+        let failed = self.write_entries(selected, announce_arrivals).await;
+        let n = failed.len();
+        for (entry, unknown) in failed {
+            self.dirty.entry(entry).or_default().merge(unknown);
+        }
+        match n {
             0 => Ok(()),
             n => Err(BusError::Repair { entries: n }),
         }
@@ -157,21 +165,20 @@ impl Actor {
     /// A `NOSCRIPT` reloads the scripts on that shard and retries once.
     async fn write_entries(
         &mut self,
-        entries: Vec<String>,
-        cause: Cause,
+        entries: Vec<(String, Unknown)>,
         announce_arrivals: bool,
-    ) -> Vec<String> {
+    ) -> Vec<(String, Unknown)> {
         let mut failed = Vec::new();
         let mut noscript = Vec::new();
         for chunk in entries.chunks(CHUNK) {
-            self.write_chunk(chunk, cause, announce_arrivals, &mut failed, &mut noscript)
+            self.write_chunk(chunk, announce_arrivals, &mut failed, &mut noscript)
                 .await;
         }
         if noscript.is_empty() {
             return failed;
         }
         let mut reloaded = BTreeSet::new();
-        for entry in &noscript {
+        for (entry, _) in &noscript {
             let Some(parsed) = parse_index(entry) else {
                 continue;
             };
@@ -183,7 +190,7 @@ impl Actor {
             }
         }
         let mut again = Vec::new();
-        self.write_chunk(&noscript, cause, announce_arrivals, &mut failed, &mut again)
+        self.write_chunk(&noscript, announce_arrivals, &mut failed, &mut again)
             .await;
         failed.extend(again);
         failed
@@ -191,48 +198,39 @@ impl Actor {
 
     async fn write_chunk(
         &mut self,
-        chunk: &[String],
-        cause: Cause,
+        chunk: &[(String, Unknown)],
         announce_arrivals: bool,
-        failed: &mut Vec<String>,
-        noscript: &mut Vec<String>,
+        failed: &mut Vec<(String, Unknown)>,
+        noscript: &mut Vec<(String, Unknown)>,
     ) {
         let node = self.keys.node().to_owned();
         let expiry = now_millis() + self.config.entry_ttl().as_millis() as u64;
         let mut pipe = self.redis.pipe();
-        let mut sent: Vec<(String, IndexEntry)> = Vec::with_capacity(chunk.len());
-        for entry in chunk {
+        let mut sent: Vec<(&String, &Unknown, IndexEntry)> = Vec::with_capacity(chunk.len());
+        for (entry, unknown) in chunk {
             let Some(parsed) = parse_index(entry) else {
                 continue; // the marker
             };
             let key = entry_key(&self.keys, &parsed);
             let Some(p) = pipe.at(&key) else {
-                failed.push(entry.clone());
+                failed.push((entry.clone(), unknown.clone()));
                 continue;
             };
             match &parsed {
                 IndexEntry::Room(t, r) => {
                     let keys = self.keys.room_script_keys(t, r);
-                    match self.registered.rooms.get(&(t.clone(), r.clone())) {
-                        Some(users) => {
-                            let mut args: Vec<Value> =
-                                vec![node.clone().into(), expiry.to_string().into()];
-                            for (u, n) in users {
-                                args.push(u.to_string().into());
-                                args.push(n.to_string().into());
-                            }
-                            scripts::queue(p, &scripts::REWRITE_ROOM, keys, args).await;
-                        }
-                        None => {
-                            scripts::queue(
-                                p,
-                                &scripts::SWEEP_ROOM,
-                                keys,
-                                vec![node.clone().into()],
-                            )
-                            .await;
-                        }
+                    let users = self.registered.rooms.get(&(t.clone(), r.clone()));
+                    let mut args: Vec<Value> = vec![
+                        node.clone().into(),
+                        expiry.to_string().into(),
+                        users.map_or(0, |u| u.len() as i64).into(),
+                    ];
+                    for (u, n) in users.into_iter().flatten() {
+                        args.push(u.to_string().into());
+                        args.push(n.to_string().into());
                     }
+                    args.extend(unknown.leaves.iter().cloned().map(Value::from));
+                    scripts::queue(p, &scripts::REWRITE_ROOM, keys, args).await;
                 }
                 IndexEntry::User(t, u) => {
                     let n = self.registered.users.get(&(t.clone(), u.clone()));
@@ -243,53 +241,59 @@ impl Actor {
                     count(p, &key, &node, n.copied()).await;
                 }
             }
-            sent.push((entry.clone(), parsed));
+            sent.push((entry, unknown, parsed));
         }
         let results = pipe.all().await;
         let mut expiries = Vec::new();
         let mut emptied = Vec::new();
         let mut removed = Vec::new();
-        for ((entry, parsed), result) in sent.into_iter().zip(results) {
+        for ((entry, unknown, parsed), result) in sent.into_iter().zip(results) {
             let v = match result {
                 Ok(v) => v,
                 Err(e) => {
                     if is_noscript(&e) {
-                        noscript.push(entry);
+                        noscript.push((entry.clone(), unknown.clone()));
                     } else {
                         debug!(error = %e, %entry, "registry entry not written");
-                        failed.push(entry);
+                        failed.push((entry.clone(), unknown.clone()));
                     }
                     continue;
                 }
             };
-            let in_view = self.in_view(&entry);
+            let in_view = self.in_view(entry);
             if let IndexEntry::Room(t, r) = &parsed {
+                let part = |i: usize| match &v {
+                    Value::Array(parts) => parts.get(i).map(|p| users_of(p, 0)).unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                let (gone, came, absent) = (part(0), part(1), part(2));
+                // A user whose join never reached the client was never
+                // announced: removing it announces nothing. A leave whose
+                // outcome was unknown and that did run is announced now.
+                let mut leaves: Vec<String> = gone
+                    .iter()
+                    .filter(|u| !unknown.joins.contains(*u))
+                    .cloned()
+                    .collect();
+                leaves.extend(absent.into_iter().filter(|u| !gone.contains(u)));
+                self.depart(t, r, leaves, Cause::Repair);
+                if announce_arrivals {
+                    self.announce(t, r, came, true, Cause::Repair);
+                }
                 if in_view {
-                    let (gone, came) = match &v {
-                        Value::Array(parts) => (
-                            parts.first().map(|p| users_of(p, 0)).unwrap_or_default(),
-                            parts.get(1).map(|p| users_of(p, 0)).unwrap_or_default(),
-                        ),
-                        _ => (Vec::new(), Vec::new()),
-                    };
-                    self.depart(t, r, gone, cause);
-                    if announce_arrivals {
-                        self.announce(t, r, came, true, cause);
-                    }
                     expiries.push((expiry as f64, keys::room_id(t, r)));
                 } else {
                     let hosts = match &v {
-                        Value::Array(items) => items.first().and_then(Value::as_i64),
+                        Value::Array(parts) => parts.get(3).and_then(Value::as_i64),
                         _ => None,
                     };
-                    self.depart(t, r, users_of(&v, 1), cause);
                     if hosts == Some(0) {
                         emptied.push(keys::room_id(t, r));
                     }
                 }
             }
             if !in_view {
-                removed.push(entry);
+                removed.push(entry.clone());
             }
         }
         // The room index and this node's index follow (best effort: a room

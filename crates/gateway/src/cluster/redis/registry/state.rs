@@ -1,7 +1,7 @@
 //! The registry actor's own view: what it has registered in Redis, and its
 //! channel subscriptions. Plain data, no I/O, unit-tested.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use fanout_protocol::Name;
@@ -189,6 +189,29 @@ fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K) -> bool
             true
         }
         None => false,
+    }
+}
+
+/// What failed or timed-out registry scripts may have done to one entry,
+/// for its repair to announce exactly what nobody announced yet (the
+/// caller of a script whose outcome is unknown announces nothing).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Unknown {
+    /// Users whose join's outcome is unknown (the client was refused): if
+    /// the repair removes their last field, watchers were never told they
+    /// came, and no `leave` is due.
+    pub(crate) joins: BTreeSet<String>,
+    /// Users whose leave's outcome is unknown: if they have no field in the
+    /// room after the repair and the repair did not remove one itself, the
+    /// leave ran and its `leave` is due.
+    pub(crate) leaves: BTreeSet<String>,
+}
+
+impl Unknown {
+    /// Adds what another failed script may have done.
+    pub(crate) fn merge(&mut self, other: Unknown) {
+        self.joins.extend(other.joins);
+        self.leaves.extend(other.leaves);
     }
 }
 
