@@ -92,7 +92,14 @@ where
             return;
         };
         session.run().await;
-        session.cleanup().await;
+        // The socket goes first: the close handshake is over, and the
+        // cluster's part of the release may wait on Redis; the client must
+        // not wait for that to see its connection end.
+        let Session {
+            node, handle, ws, ..
+        } = session;
+        drop(ws);
+        node.release(&handle).await;
     }
     .instrument(span)
 }
@@ -400,7 +407,7 @@ where
                 // Boxed: handling a client frame awaits the biggest futures
                 // of the session (publish, subscribe through the bus), and
                 // inline they would enlarge every idle connection's task.
-                incoming = self.ws.next() => Box::pin(self.on_incoming(incoming)).await,
+                incoming = self.ws.next() => self.handle_incoming(incoming).await,
                 () = &mut timer => self.on_timer().await,
             };
             match flow {
@@ -425,6 +432,42 @@ where
                     return;
                 }
             }
+        }
+    }
+
+    /// Handles one client frame; a close request (a drain, an overflow)
+    /// that comes while it runs does not wait for it. A request can wait on
+    /// Redis (a subscribe through the registry), and a draining node must
+    /// close every client in time even when Redis does not answer: the
+    /// request is dropped unanswered, as if the connection had been lost
+    /// (a publish in flight has an unknown outcome; its idempotency key
+    /// makes the retry safe). Frames queued meanwhile are written after it.
+    async fn handle_incoming(&mut self, incoming: Option<Result<Message, WsError>>) -> Flow {
+        let handle = self.handle.clone();
+        let mut woken = false;
+        let handled = {
+            // Boxed: handling a client frame awaits the biggest futures of
+            // the session (publish, subscribe through the bus), and inline
+            // they would enlarge every idle connection's task.
+            let mut handling = Box::pin(self.on_incoming(incoming));
+            loop {
+                tokio::select! {
+                    biased;
+                    flow = &mut handling => break Some(flow),
+                    () = handle.queue.wait() => {
+                        woken = true;
+                        if handle.queue.is_closing() {
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        match handled {
+            // The queue's wake-up was taken here: write what it announced.
+            Some(Flow::Continue) if woken => self.write_queued().await,
+            Some(flow) => flow,
+            None => self.write_queued().await,
         }
     }
 
@@ -550,11 +593,6 @@ where
             }
         }
         Flow::Continue
-    }
-
-    /// Leaves every room (with leave events) and removes the connection.
-    async fn cleanup(&mut self) {
-        self.node.release(&self.handle).await;
     }
 }
 

@@ -134,6 +134,10 @@ impl Node {
         room: &Name,
         options: JoinOptions,
     ) -> Result<Subscription, NodeError> {
+        if self.is_closing() {
+            // Every client is being closed: nothing to register.
+            return Err(NodeError::Draining);
+        }
         let max = self.inner.config.limits.max_rooms_per_connection;
         if !conn.is_in(room) && conn.room_count() >= max {
             return Err(NodeError::RoomLimit { max });

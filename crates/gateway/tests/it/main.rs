@@ -13,6 +13,7 @@ mod cluster_faults;
 mod cluster_probe;
 mod cluster_routing;
 mod cluster_support;
+mod drain_without_redis;
 mod edge;
 mod fd_limit;
 mod history;

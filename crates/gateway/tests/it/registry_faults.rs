@@ -125,6 +125,8 @@ async fn entries_of_a_node_whose_index_was_lost_never_count_and_the_audit_remove
     })
     .await;
     assert!(swept, "the dead node was never removed from the node index");
+    // A few beats on, no node's view lists it as dead any more.
+    sleep(HEARTBEAT * 3).await;
 
     // Its leftover count never counts: u1 is admitted on A at once.
     let (_u1a, first) = a

@@ -577,6 +577,14 @@ impl Actor {
     /// Removes this node from the cluster (drain): its entries, then itself.
     pub(super) async fn deregister(&mut self) {
         let node = self.keys.node().to_owned();
+        if !self.health.is_connected() {
+            // Waiting a command timeout per step for a Redis that is gone
+            // would only hold the exit: the other nodes' sweeper removes
+            // this node's entries (and announces its users' leaves) once its
+            // heartbeat lapses.
+            warn!("redis unreachable; leaving the registry to the sweeper");
+            return;
+        }
         let swept = match self.sweep(&node, |_| true, Cause::Drain).await {
             Ok(()) => self.delete_node(&node).await,
             Err(e) => Err(e),
