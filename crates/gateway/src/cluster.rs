@@ -74,6 +74,12 @@ pub trait Bus: Send + Sync + 'static {
         false
     }
 
+    /// The node starts closing its clients (a drain): its connections stop
+    /// counting toward cluster-wide limits now, so that a client closed
+    /// here is not refused on the node it reconnects to while this one
+    /// finishes. Never waits.
+    fn closing(&self) {}
+
     /// The presence changes the bus finds (taken once, by the node, which
     /// announces them). `None` for a bus that finds none.
     fn take_presence_changes(&self) -> Option<tokio::sync::mpsc::Receiver<PresenceChange>> {

@@ -74,9 +74,10 @@ pub const SHARD_GAP_SECONDS: &str = "fanout_redis_shard_gap_seconds";
 /// (Cluster) failover or slot migration, or while a subscriber connection
 /// is down; rooms with history repair it.
 pub const UNHEARD: &str = "fanout_redis_unheard_total";
-/// Publishes answered 503 because Redis did not answer in time although
-/// the command was sent: the message may still have been delivered (the
-/// 503 says so; a retry with the same idempotency key is safe).
+/// Publishes answered 503 because Redis did not answer in time, or the
+/// connection broke, after the command may have been sent: the message may
+/// still have been delivered (the 503 says so; a retry with the same
+/// idempotency key is safe).
 pub const PUBLISH_OUTCOME_UNKNOWN: &str = "fanout_publish_outcome_unknown_total";
 /// Registry entries this node rewrote from its own view after a registry
 /// script failed or its outcome was unknown (a Redis timeout, a lost script

@@ -72,9 +72,10 @@ pub enum BusError {
         /// What was asked (`publish`, `subscribe`, `heartbeat`, ...).
         op: &'static str,
     },
-    /// A publish Redis did not answer within `redis.command_timeout`: it was
-    /// sent and may still run, so the message may be delivered although
-    /// the caller is told 503. Retrying with the same idempotency key is
+    /// A publish Redis did not answer within `redis.command_timeout`, or
+    /// whose connection broke after it may have been sent: it may have run
+    /// or still run, so the message may be delivered although the caller is
+    /// told 503. Retrying with the same idempotency key is
     /// safe (a delivered message answers its first answer again).
     #[error(
         "cluster bus unavailable: redis did not answer {op} in time; the message may still be delivered: retry with the same idempotency_key to avoid a duplicate"
@@ -137,12 +138,19 @@ pub enum BusError {
 impl BusError {
     /// A failed Redis command: a timeout when the client library says so.
     pub fn redis(op: &'static str, source: fred::error::Error) -> Self {
-        if *source.kind() == fred::error::ErrorKind::Timeout {
-            if op == "publish" || op.starts_with("route_") {
+        use fred::error::ErrorKind;
+        let publish = op == "publish" || op.starts_with("route_");
+        if *source.kind() == ErrorKind::Timeout {
+            if publish {
                 BusError::PublishUnknown { op }
             } else {
                 BusError::Timeout { op }
             }
+        } else if publish && matches!(source.kind(), ErrorKind::IO | ErrorKind::Canceled) {
+            // The connection broke with the publish possibly written: Redis
+            // may have run it. Saying so is safe even when it did not (the
+            // keyed retry delivers it once); saying "failed" is not.
+            BusError::PublishUnknown { op }
         } else if source.details().contains("TRYAGAIN") {
             BusError::SlotMigrating { op }
         } else {

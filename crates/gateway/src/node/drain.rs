@@ -30,6 +30,7 @@ impl Node {
     /// "draining" from now on.
     pub fn begin_closing(&self) {
         self.inner.closing.cancel();
+        self.inner.bus.closing();
     }
 
     /// Whether publishes are refused as draining (see [`Node::begin_closing`]).

@@ -290,3 +290,36 @@ async fn a_redis_latency_spike_is_not_an_outage() {
         .await;
     assert_eq!(stay.recv_type("message").await["event"], "after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_closed_by_a_drain_is_admitted_at_once_on_another_node() {
+    let redis = RedisServer::start().await;
+    let b = spawn_node(&redis.url(), PREFIX, "node-b", |c| {
+        c.limits.max_connections_per_user = 1;
+    })
+    .await;
+    let toml = format!(
+        "[limits]\nmax_connections_per_user = 1\n\n[shutdown]\nreadiness_delay = \"100ms\"\n\
+         drain_window = \"300ms\"\ngrace = \"5s\"\n\n{}",
+        redis_toml(&redis.url(), PREFIX)
+    );
+    let mut a = ProcessNode::spawn(&toml).await;
+    wait_for_cluster(&b, 2).await;
+    let mut u1 = a.member("u1", "acme", "lobby").await;
+    let _held = a.member("u2", "acme", "lobby").await;
+
+    // A drains: u1 is closed with 1012 and reconnects to B at once, while
+    // A is still closing its other clients. Its count on A must not refuse
+    // it there (the limit is one connection).
+    let reconnect = async {
+        assert_eq!(u1.expect_close().await.0, 1012);
+        b.try_connect(fanout_protocol::Codec::Json, &any_room("u1", "acme"))
+            .await
+    };
+    let (status, (_again, first)) = tokio::join!(a.terminate(), reconnect);
+    assert!(status.success(), "the drained node exited with {status:?}");
+    assert!(
+        matches!(&first, Event::Frame(f) if f["type"] == "welcome"),
+        "a client closed by a drain was refused on the node it reconnected to: {first:?}"
+    );
+}

@@ -243,6 +243,10 @@ impl Bus for RedisBus {
         true
     }
 
+    fn closing(&self) {
+        self.registry.closing();
+    }
+
     fn take_presence_changes(&self) -> Option<mpsc::Receiver<PresenceChange>> {
         self.changes
             .lock()

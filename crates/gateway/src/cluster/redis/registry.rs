@@ -138,6 +138,14 @@ impl Registry {
             .unwrap_or_else(|| Err(BusError::Stopped))
     }
 
+    /// The node starts closing its clients: its counts leave the user and
+    /// tenant hashes now (without waiting).
+    pub(crate) fn closing(&self) {
+        if self.tx.try_send(Op::Closing).is_err() {
+            crate::metrics::registry_queue_full();
+        }
+    }
+
     pub(crate) async fn deregister(&self) {
         let _ = self.call(|reply| Op::Deregister { reply }).await;
     }

@@ -134,6 +134,10 @@ impl Actor {
                     };
                     let _ = reply.send(done);
                 }
+                Op::Closing => {
+                    self.flush(std::mem::take(&mut changes)).await;
+                    self.release_counts().await;
+                }
                 Op::Deregister { reply } => {
                     self.flush(std::mem::take(&mut changes)).await;
                     self.deregister().await;

@@ -20,6 +20,9 @@ pub(crate) enum Op {
         scope: Scope,
         reply: oneshot::Sender<Result<(), BusError>>,
     },
+    /// The node closes its clients (drain): remove its user and tenant
+    /// counts, so that they no longer count toward limits elsewhere.
+    Closing,
     /// Remove this node from the registry (drain); the actor stops after it.
     Deregister { reply: oneshot::Sender<()> },
 }

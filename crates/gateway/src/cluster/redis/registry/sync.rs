@@ -574,6 +574,38 @@ impl Actor {
         self.reconcile(on, rejoin).await
     }
 
+    /// The node closes its clients: its user and tenant counts leave Redis
+    /// at once (the view forgets them too, so that resyncs and repairs do
+    /// not write them back), pipelined. Its rooms stay until each client's
+    /// leave or the deregistration: members still connected keep getting
+    /// their messages while the drain window runs. If Redis does not answer
+    /// the deregistration (or the sweeper) removes them later.
+    pub(super) async fn release_counts(&mut self) {
+        let node = self.keys.node().to_owned();
+        let users = std::mem::take(&mut self.registered.users);
+        let tenants = std::mem::take(&mut self.registered.tenants);
+        if !self.health.is_connected() {
+            return;
+        }
+        let keys: Vec<String> = users
+            .keys()
+            .map(|(t, u)| self.keys.user_conns(t, u))
+            .chain(tenants.keys().map(|t| self.keys.tenant_conns(t)))
+            .collect();
+        for chunk in keys.chunks(CHUNK) {
+            let mut pipe = self.redis.pipe();
+            for key in chunk {
+                if let Some(p) = pipe.at(key) {
+                    let _: Result<(), _> = p.hdel(key, node.as_str()).await;
+                }
+            }
+            if let Some(Err(e)) = pipe.all().await.into_iter().find(Result::is_err) {
+                debug!(error = %e, "releasing this node's counts failed; its deregistration removes them");
+                return;
+            }
+        }
+    }
+
     /// Removes this node from the cluster (drain): its entries, then itself.
     pub(super) async fn deregister(&mut self) {
         let node = self.keys.node().to_owned();
