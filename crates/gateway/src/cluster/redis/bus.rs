@@ -109,6 +109,7 @@ impl RedisBus {
             registered: Default::default(),
             dirty: Default::default(),
             swept: false,
+            registered_at: None,
             announce,
             audit: Default::default(),
             started_ms: now_millis(),

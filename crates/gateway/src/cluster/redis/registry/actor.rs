@@ -49,6 +49,9 @@ pub(crate) struct Actor {
     /// Set when a heartbeat found this node swept while it was alive: its
     /// users were announced as gone, so the resync announces them again.
     pub(crate) swept: bool,
+    /// When this node last re-registered after (re)connecting: it sweeps
+    /// no one for the sweep grace after it (see `sweep_dead`).
+    pub(crate) registered_at: Option<Instant>,
     /// Presence changes for the node to announce (see [`PresenceChange`]).
     pub(crate) announce: mpsc::Sender<PresenceChange>,
     /// Where the audit of stale entries stands.

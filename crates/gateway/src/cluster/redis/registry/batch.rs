@@ -486,6 +486,7 @@ mod tests {
             registered: Default::default(),
             dirty: Default::default(),
             swept: false,
+            registered_at: None,
             announce: tokio::sync::mpsc::channel(16).0,
             audit: Default::default(),
             started_ms: 0,

@@ -237,6 +237,14 @@ impl Actor {
     /// resync first renews its heartbeat), and a node that finds its own
     /// index swept re-registers at its next heartbeat anyway.
     async fn sweep_dead(&mut self) -> Result<(), BusError> {
+        // After an outage of Redis every node's heartbeat has lapsed at
+        // once; the first node back must not sweep the others before they
+        // had the time to reconnect and beat again (each would find itself
+        // swept, its users announced gone and back).
+        let grace_time = self.config.entry_ttl() * SWEEP_GRACE_TTLS as u32;
+        if self.registered_at.is_some_and(|t| t.elapsed() < grace_time) {
+            return Ok(());
+        }
         let grace = self.config.entry_ttl().as_millis() as u64 * SWEEP_GRACE_TTLS;
         let threshold = now_millis().saturating_sub(grace);
         let nodes = self.keys.nodes();
@@ -450,6 +458,7 @@ impl Actor {
             }
         }
         self.swept = false;
+        self.registered_at = Some(tokio::time::Instant::now());
         self.health.set_synced(true);
         // Node entries and liveness; the rooms were just written.
         if let Some(beat) = self.beat_node().await? {
