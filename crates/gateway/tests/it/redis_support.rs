@@ -146,6 +146,9 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// Writes an append-only file in its directory, so that a restart
+    /// comes back with everything it acknowledged.
+    persistent: bool,
 }
 
 impl RedisServer {
@@ -160,9 +163,51 @@ impl RedisServer {
             port,
             dir: TempDir::new("redis"),
             child: None,
+            persistent: false,
         };
         redis.launch().await;
         redis
+    }
+
+    /// Starts Redis with persistence: an append-only file in its temp
+    /// directory. Redis writes it before it answers, so a SIGKILL of the
+    /// process (the machine survives, with its page cache) loses nothing
+    /// Redis acknowledged and a restart brings it all back (scripts
+    /// excepted: their cache is never persisted). Fsynced once a second.
+    pub async fn start_persistent() -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            dir: TempDir::new("redis"),
+            child: None,
+            persistent: true,
+        };
+        redis.launch().await;
+        redis
+    }
+
+    /// The process id, while it runs (for SIGSTOP / SIGCONT).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Deletes what a persistent Redis wrote (its append-only files and any
+    /// RDB snapshot), so that the next start comes back empty. Only while
+    /// it is stopped.
+    pub fn wipe_data(&self) {
+        assert!(self.child.is_none(), "wipe_data while redis-server runs");
+        for name in ["appendonlydir", "appendonly.aof", "dump.rdb"] {
+            let path = self.dir.path().join(name);
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if let Err(e) = removed
+                && e.kind() != ErrorKind::NotFound
+            {
+                panic!("cannot delete {}: {e}", path.display());
+            }
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -189,9 +234,15 @@ impl RedisServer {
             .append(true)
             .open(self.dir.path().join("redis.log"))
             .expect("open redis.log");
+        let persistence: &[&str] = if self.persistent {
+            &["--appendonly", "yes", "--appendfsync", "everysec"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let spawned = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--save", "", "--protected-mode", "no"])
+            .args(persistence)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -242,7 +293,9 @@ impl RedisServer {
     }
 
     /// Starts Redis again on the same port (stopping it first if it runs)
-    /// and waits until it answers PING. It comes back empty.
+    /// and waits until it answers PING. It comes back empty, unless it was
+    /// started with [`RedisServer::start_persistent`] (then with what it
+    /// had written; see [`RedisServer::wipe_data`]).
     pub async fn restart(&mut self) {
         if self.child.is_some() {
             self.stop().await;
