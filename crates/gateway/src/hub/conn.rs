@@ -1,6 +1,5 @@
 //! The handle through which the hub reaches one connection.
 
-use std::collections::HashSet;
 use std::sync::Mutex;
 
 use fanout_protocol::{Codec, Name};
@@ -30,8 +29,11 @@ pub struct ConnHandle {
     /// need no scan. Written only by [`super::Hub::join`] and
     /// [`super::Hub::leave`], while they hold the room's entry lock, so the
     /// two directions never disagree. (The session used to keep its own
-    /// copy; there is now one owner, the hub.)
-    rooms: Mutex<HashSet<Name>>,
+    /// copy; there is now one owner, the hub.) A `Vec`, not a set: it holds
+    /// at most `limits.max_rooms_per_connection` names (100 by default),
+    /// usually one or a few, and a one-room set costs ~100 B of heap where
+    /// this costs 16.
+    rooms: Mutex<Vec<Name>>,
 }
 
 impl ConnHandle {
@@ -51,13 +53,13 @@ impl ConnHandle {
             user,
             codec,
             queue,
-            rooms: Mutex::new(HashSet::new()),
+            rooms: Mutex::new(Vec::new()),
         }
     }
 
     /// The rooms this connection is in, at this instant.
     pub fn rooms(&self) -> Vec<Name> {
-        self.lock_rooms().iter().cloned().collect()
+        self.lock_rooms().clone()
     }
 
     /// How many rooms this connection is in.
@@ -72,7 +74,7 @@ impl ConnHandle {
 
     /// The room set; a poisoned lock still holds a consistent set (every
     /// update is one insert or remove).
-    pub(super) fn lock_rooms(&self) -> std::sync::MutexGuard<'_, HashSet<Name>> {
+    pub(super) fn lock_rooms(&self) -> std::sync::MutexGuard<'_, Vec<Name>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
