@@ -9,7 +9,7 @@ use fanout_protocol::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::warn;
 
-use super::rate::Rate;
+use super::rate::Kind;
 use super::{Flow, Session, expiry_instant};
 use crate::message::{Audience, to_message};
 use crate::metrics as m;
@@ -99,16 +99,14 @@ where
         let refused = match frame {
             // Publishes have their own budget; a second `auth` is refused anyway.
             ClientFrame::Publish { .. } | ClientFrame::Auth { .. } => return None,
-            _ if !self.request_bucket.try_take(Rate::requests(limits), now) => {
+            _ if !self.budgets.try_take(Kind::Request, limits, now) => {
                 format!(
                     "rate limited: at most {} requests per second",
                     limits.request_rate
                 )
             }
             ClientFrame::Subscribe { .. } | ClientFrame::Unsubscribe { .. }
-                if !self
-                    .membership_bucket
-                    .try_take(Rate::membership(limits), now) =>
+                if !self.budgets.try_take(Kind::Membership, limits, now) =>
             {
                 format!(
                     "rate limited: at most {} subscribes and unsubscribes per second",
@@ -298,8 +296,8 @@ where
             );
             return Flow::Continue;
         }
-        let rate = Rate::publishes(&self.node.config().limits);
-        if !self.publish_bucket.try_take(rate, Instant::now()) {
+        let limits = &self.node.config().limits;
+        if !self.budgets.try_take(Kind::Publish, limits, Instant::now()) {
             let message = format!(
                 "rate limited: at most {} publishes per second",
                 self.node.config().limits.publish_rate
