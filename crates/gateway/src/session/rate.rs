@@ -79,12 +79,13 @@ mod tests {
     use std::time::Duration;
 
     fn limits() -> Limits {
-        let mut l = Limits::default();
-        l.publish_rate = 10.0;
-        l.publish_burst = 3;
-        l.request_rate = 1.0;
-        l.request_burst = 1;
-        l
+        Limits {
+            publish_rate: 10.0,
+            publish_burst: 3,
+            request_rate: 1.0,
+            request_burst: 1,
+            ..Limits::default()
+        }
     }
 
     #[test]
