@@ -225,6 +225,7 @@ impl Hub {
             return Err(LimitExceeded::PerTenant(limits.per_tenant));
         }
         tenant.insert(conn.id, conn.clone());
+        user.reserve_exact(1);
         user.push(conn.clone());
         drop(tenant);
         drop(user);
@@ -313,6 +314,9 @@ impl Hub {
                 }),
             },
         );
+        // Exactly sized: most connections are in one or a few rooms, and
+        // a `Vec`'s first growth would make room for four.
+        conn_rooms.reserve_exact(1);
         conn_rooms.push(room.clone());
         let count = entry.users.entry(conn.user.clone()).or_insert(0);
         *count += 1;
@@ -480,7 +484,6 @@ mod tests {
         let id = hub.next_conn_id();
         let c = Arc::new(ConnHandle::new(
             id,
-            format!("n-{id}"),
             name(tenant),
             name(user),
             Codec::Json,
@@ -572,7 +575,6 @@ mod tests {
             let id = hub.next_conn_id();
             Arc::new(ConnHandle::new(
                 id,
-                id.to_string(),
                 name("t"),
                 name(user),
                 Codec::Json,

@@ -157,7 +157,9 @@ where
     };
     let handle = admit(&node, &mut ws, &grant, upgrade.codec).await?;
     let span = tracing::Span::current();
-    span.record("conn", handle.public_id.as_str());
+    if !span.is_disabled() {
+        span.record("conn", handle.public_id(node.id()).as_str());
+    }
     span.record("tenant", grant.tenant.as_str());
     span.record("user", grant.user.as_str());
     Some(Session::new(node, ws, handle, grant))
@@ -176,7 +178,7 @@ where
     let greet = |conn: &ConnHandle| {
         let ping = node.config().session.ping_interval.as_secs().max(1);
         let welcome = ServerFrame::Welcome {
-            conn: &conn.public_id,
+            conn: &conn.public_id(node.id()),
             node: node.id(),
             tenant: grant.tenant.as_str(),
             user: grant.user.as_str(),
@@ -186,7 +188,9 @@ where
             Ok(encoded) => {
                 let _ = conn.queue.push(to_message(encoded));
             }
-            Err(e) => warn!(error = %e, conn = %conn.public_id, "encoding the welcome failed"),
+            Err(e) => {
+                warn!(error = %e, conn = %conn.public_id(node.id()), "encoding the welcome failed")
+            }
         }
     };
     match node.admit(grant, codec, greet).await {
@@ -202,7 +206,7 @@ where
             None
         }
         Err(AdmitError::Unavailable(e)) => {
-            warn!(error = %e, cause = ?std::error::Error::source(&e), 
+            warn!(error = %e, cause = ?std::error::Error::source(&e),
                 tenant = %grant.tenant, user = %grant.user, "connection refused: bus unavailable");
             close_raw(
                 ws,
@@ -388,7 +392,9 @@ where
                 // An overflow here closes the connection through the queue.
                 let _ = self.handle.queue.push(to_message(encoded));
             }
-            Err(e) => warn!(error = %e, conn = %self.handle.public_id, "encoding a reply failed"),
+            Err(e) => {
+                warn!(error = %e, conn = %self.handle.public_id(self.node.id()), "encoding a reply failed")
+            }
         }
     }
 

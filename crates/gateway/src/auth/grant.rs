@@ -10,22 +10,25 @@ use fanout_protocol::{Name, RoomPattern};
 /// The identity and permissions of one verified token.
 #[derive(Debug, Clone)]
 pub struct Grant {
-    /// Tenant (`tenant` claim).
+    /// Tenant (`tenant` claim): the same allocation as `permissions.tenant`.
     pub tenant: Name,
     /// User (`sub` claim).
     pub user: Name,
     /// Expiry, seconds since the epoch (`exp` claim).
     pub expires_at: u64,
     /// What the token allows. Shared (through [`PermissionCache`]) by every
-    /// grant whose token has the same `rooms`, `publish` and `presence`
-    /// claims: the session keeps its grant for the life of the connection,
-    /// and many connections hold tokens minted from one template.
+    /// grant whose token has the same `tenant`, `rooms`, `publish` and
+    /// `presence` claims: the session keeps its grant for the life of the
+    /// connection, and many connections hold tokens minted from one template.
     pub permissions: Arc<Permissions>,
 }
 
-/// The `rooms`, `publish` and `presence` claims, parsed.
+/// The `tenant`, `rooms`, `publish` and `presence` claims, parsed.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Permissions {
+    /// The tenant they apply in (one allocation of its name for all the
+    /// tenant's connections that share these permissions).
+    pub tenant: Name,
     /// Rooms the client may subscribe to (`rooms` claim).
     pub rooms: Vec<RoomPattern>,
     /// Rooms the client may publish into (`publish` claim).
@@ -52,8 +55,9 @@ impl Grant {
     }
 }
 
-/// The claims a [`Permissions`] is parsed from: its key in the cache.
-type Claims = (Vec<String>, Vec<String>, bool);
+/// The claims a [`Permissions`] is parsed from, its key in the cache:
+/// tenant, rooms, publish, presence.
+pub(crate) type Claims = (String, Vec<String>, Vec<String>, bool);
 
 /// Most distinct permission sets remembered. Past it, entries no live grant
 /// uses are dropped, and if all are in use the cache starts afresh (grants
@@ -64,14 +68,14 @@ const CACHE_MAX: usize = 4096;
 /// as some grant uses it, so the cache never keeps a permission set alive
 /// and holds at most [`CACHE_MAX`] entries.
 #[derive(Debug, Default)]
-pub struct PermissionCache {
+pub(crate) struct PermissionCache {
     entries: Mutex<HashMap<Claims, Weak<Permissions>>>,
 }
 
 impl PermissionCache {
     /// The shared permissions for these claims, parsed by `parse` if no
     /// live grant has them yet.
-    pub fn get_or_parse<E>(
+    pub(crate) fn get_or_parse<E>(
         &self,
         claims: Claims,
         parse: impl FnOnce(&Claims) -> Result<Permissions, E>,
@@ -92,12 +96,14 @@ impl PermissionCache {
     }
 
     /// Entries held now (live or not yet pruned).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
     }
 
     /// Whether the cache holds no entry.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
@@ -119,14 +125,20 @@ mod tests {
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(Permissions {
-            rooms: patterns(&claims.0)?,
-            publish: patterns(&claims.1)?,
-            presence: claims.2,
+            tenant: Name::new("tenant", &claims.0).map_err(|e| e.to_string())?,
+            rooms: patterns(&claims.1)?,
+            publish: patterns(&claims.2)?,
+            presence: claims.3,
         })
     }
 
     fn claims(rooms: &[&str]) -> Claims {
-        (rooms.iter().map(|r| r.to_string()).collect(), vec![], true)
+        (
+            "acme".into(),
+            rooms.iter().map(|r| r.to_string()).collect(),
+            vec![],
+            true,
+        )
     }
 
     #[test]
@@ -139,9 +151,13 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &c));
         assert_eq!(c.rooms[0].as_str(), "news");
         let mut no_presence = claims(&["chat-*"]);
-        no_presence.2 = false;
+        no_presence.3 = false;
         let d = cache.get_or_parse(no_presence, parse).unwrap();
         assert!(!Arc::ptr_eq(&a, &d) && !d.presence);
+        let mut other_tenant = claims(&["chat-*"]);
+        other_tenant.0 = "globex".into();
+        let e = cache.get_or_parse(other_tenant, parse).unwrap();
+        assert!(!Arc::ptr_eq(&a, &e) && e.tenant.as_str() == "globex");
     }
 
     #[test]

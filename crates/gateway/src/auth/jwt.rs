@@ -312,18 +312,21 @@ fn grant_from(claims: Claims, cache: &PermissionCache) -> Result<Grant, AuthErro
             })
             .collect()
     };
+    // Checked in the claims' order, so that the first bad claim is named.
     let tenant = Name::new("tenant", &claims.tenant).map_err(claim("tenant"))?;
     let user = Name::new("user", &claims.sub).map_err(claim("sub"))?;
     let presence = claims.presence.unwrap_or(true);
-    let permissions = cache.get_or_parse((claims.rooms, claims.publish, presence), |c| {
+    let key = (claims.tenant, claims.rooms, claims.publish, presence);
+    let permissions = cache.get_or_parse(key, |c| {
         Ok(Permissions {
-            rooms: patterns("rooms", &c.0)?,
-            publish: patterns("publish", &c.1)?,
-            presence: c.2,
+            tenant,
+            rooms: patterns("rooms", &c.1)?,
+            publish: patterns("publish", &c.2)?,
+            presence: c.3,
         })
     })?;
     Ok(Grant {
-        tenant,
+        tenant: permissions.tenant.clone(),
         user,
         expires_at: claims.exp,
         permissions,

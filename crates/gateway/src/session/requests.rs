@@ -82,7 +82,7 @@ where
 
     fn node_error(&self, id: Option<RequestId>, err: &NodeError) {
         if let NodeError::Internal(cause) = err {
-            tracing::error!(%cause, conn = %self.handle.public_id, "internal error");
+            tracing::error!(%cause, conn = %self.handle.public_id(self.node.id()), "internal error");
         }
         self.refuse(id, err.code(), err.to_string());
     }
@@ -239,7 +239,7 @@ where
                 match self.handle.codec.encode(&ack) {
                     Ok(encoded) => sub.start(to_message(encoded)),
                     Err(e) => {
-                        warn!(error = %e, conn = %self.handle.public_id, "encoding an ack failed")
+                        warn!(error = %e, conn = %self.handle.public_id(self.node.id()), "encoding an ack failed")
                     }
                 }
             }
