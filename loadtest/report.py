@@ -102,9 +102,42 @@ def idle_table(runs):
     return [
         "### Idle connections",
         "",
+        *idle_slope(runs),
         "| run | repeats | connected | failed | connects/s | server RSS per connection (bytes) | server CPU at rest (% of one core) |",
         "|---|---|---|---|---|---|---|",
         *rows,
+        "",
+    ]
+
+
+def idle_slope(runs):
+    """The least-squares slope of node RSS growth over connections across the
+    one-node idle rows (idle-2000 … idle-18000), per repeat, then its median:
+    what one more idle connection costs, with the node's fixed part (and the
+    allocator's warm-up at small sizes) left to the intercept."""
+    per_repeat = defaultdict(list)
+    for label, recs in runs.items():
+        if not label.startswith("idle-"):
+            continue
+        for r in recs:
+            server = get(r, "result", "server") or {}
+            n = get(r, "result", "connections", "connected")
+            if n and "rss_after_kib" in server:
+                rise = (server["rss_after_kib"] - server["rss_before_kib"]) * 1024
+                per_repeat[r.get("repeat")].append((n, rise))
+    slopes = []
+    for points in per_repeat.values():
+        if len({n for n, _ in points}) < 2:
+            continue
+        mx = sum(n for n, _ in points) / len(points)
+        my = sum(y for _, y in points) / len(points)
+        sxx = sum((n - mx) ** 2 for n, _ in points)
+        slopes.append(sum((n - mx) * (y - my) for n, y in points) / sxx)
+    if not slopes:
+        return []
+    return [
+        "- node RSS per idle connection, least-squares slope over the one-node rows: **{:,.0f} B** (per repeat: {})".format(
+            median(slopes), ", ".join(f"{v:,.0f}" for v in slopes)),
         "",
     ]
 
