@@ -185,9 +185,9 @@ mod tests {
     /// close and the cleanup are boxed and allocated only while they run;
     /// this fails if a refactor inlines one of them again, or if anything
     /// else grows the future past the 128-byte step of its task cell. The
-    /// future was ~1,540 B before issue 15 (a 1,664 B task, as massif saw
-    /// it) and 1,272 B after (a 1,408 B task); the size is the same in
-    /// debug and release builds.
+    /// task cell was 1,664 B before issue 15 (as massif saw it); the future
+    /// is 1,272 B since, a 1,408 B cell. The size is the same in debug and
+    /// release builds.
     #[tokio::test]
     async fn the_connection_task_stays_small() {
         let hub = Hub::new();
