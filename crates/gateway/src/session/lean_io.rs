@@ -127,6 +127,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for LeanIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if buf.remaining() == 0 {
+            // Nothing can be handed over: reading the socket now would
+            // only move bytes into `unread` and look like an end of stream.
+            return Poll::Ready(Ok(()));
+        }
         if this.unread_at < this.unread.len() {
             this.take_unread(buf);
             return Poll::Ready(Ok(()));
@@ -295,6 +300,30 @@ mod tests {
                 other => panic!("m{i}: got {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn small_reads_take_what_was_read_ahead_in_order_then_release_it() {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut io = LeanIo::new(a);
+        let sent: Vec<u8> = (0..3000u32).map(|i| (i % 253) as u8).collect();
+        b.write_all(&sent).await.unwrap();
+        let mut got = Vec::new();
+        let mut small = [0u8; 7];
+        while got.len() < sent.len() {
+            let n = io.read(&mut small).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&small[..n]);
+        }
+        assert_eq!(got, sent);
+        assert_eq!(io.held_bytes(), 0);
+        // A zero-length read reads nothing from the socket.
+        b.write_all(b"later").await.unwrap();
+        assert_eq!(io.read(&mut []).await.unwrap(), 0);
+        assert_eq!(io.held_bytes(), 0);
+        let mut rest = [0u8; 5];
+        io.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"later");
     }
 
     #[tokio::test]
