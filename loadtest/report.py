@@ -86,7 +86,7 @@ def best_step(result):
 
 def idle_table(runs):
     rows = []
-    for label in sorted((l for l in runs if l.startswith("idle-") or l == "big-100k-idle"),
+    for label in sorted((l for l in runs if l.startswith(("idle-", "floor-idle-")) or l == "big-100k-idle"),
                         key=lambda l: get(runs[l][0], "result", "connections", "target") or 0):
         recs = runs[label]
         rows.append("| {} | {} | {} | {} | {} | {} | {} |".format(
@@ -102,11 +102,59 @@ def idle_table(runs):
     return [
         "### Idle connections",
         "",
+        *idle_slope(runs),
         "| run | repeats | connected | failed | connects/s | server RSS per connection (bytes) | server CPU at rest (% of one core) |",
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]
+
+
+def idle_slope(runs):
+    """The least-squares slope of node RSS growth over connections across the
+    one-node idle rows (idle-2000 … idle-18000), per repeat, then its median:
+    what one more idle connection costs, with the node's fixed part (and the
+    allocator's warm-up at small sizes) left to the intercept."""
+    per_repeat = defaultdict(list)
+    for label, recs in runs.items():
+        if not label.startswith("idle-"):
+            continue
+        for r in recs:
+            server = get(r, "result", "server") or {}
+            n = get(r, "result", "connections", "connected")
+            if n and "rss_after_kib" in server:
+                rise = (server["rss_after_kib"] - server["rss_before_kib"]) * 1024
+                per_repeat[r.get("repeat")].append((n, rise))
+    slopes = []
+    for points in per_repeat.values():
+        if len({n for n, _ in points}) < 2:
+            continue
+        mx = sum(n for n, _ in points) / len(points)
+        my = sum(y for _, y in points) / len(points)
+        sxx = sum((n - mx) ** 2 for n, _ in points)
+        slopes.append(sum((n - mx) * (y - my) for n, y in points) / sxx)
+    if not slopes:
+        return []
+    lines = [
+        "- node RSS per idle connection, least-squares slope over the one-node rows: **{:,.0f} B** (per repeat: {})".format(
+            median(slopes), ", ".join(f"{v:,.0f}" for v in slopes)),
+    ]
+    # fanout against the floor at the same size, repeat by repeat of one run.
+    for label, floor_recs in runs.items():
+        if not label.startswith("floor-idle-"):
+            continue
+        ours = {(r.get("run_id"), r.get("repeat")): r for r in runs.get(label[len("floor-"):], [])}
+        ratios_ = []
+        for f in floor_recs:
+            o = ours.get((f.get("run_id"), f.get("repeat")))
+            a = get(o, "result", "server", "rss_per_connection_bytes") if o else None
+            b = get(f, "result", "server", "rss_per_connection_bytes")
+            if a and b:
+                ratios_.append(a / b)
+        if ratios_:
+            lines.append("- fanout ÷ floor, node RSS per idle connection at {} connections (same run): **{:.2f}** (per repeat: {})".format(
+                f"{int(label.rsplit('-', 1)[1]):,}", median(ratios_), ", ".join(f"{v:.2f}" for v in ratios_)))
+    return lines + [""]
 
 
 def ramp_table(runs):
@@ -137,7 +185,7 @@ def ramp_table(runs):
 
 def delivery_table(runs):
     rows = []
-    skip = ("idle-", "floor-ramp", "fanout-ramp", "big-100k-idle", "history-memory-", "rooms-ramp-")
+    skip = ("idle-", "floor-idle-", "floor-ramp", "fanout-ramp", "big-100k-idle", "history-memory-", "rooms-ramp-")
     for label in sorted(runs):
         if label.startswith(skip):
             continue

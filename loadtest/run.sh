@@ -16,7 +16,8 @@
 # alone. With --only, lines are appended to the day's file and the report
 # takes each label from the newest run that measured it.
 #
-# Groups (for --only): idle, fanout (floor vs fanout, one node), rooms, users,
+# Groups (for --only): idle (one node at 2k-18k connections, and the floor
+# at 18k), fanout (floor vs fanout, one node), rooms, users,
 # churn, cluster (3 nodes + Redis, and the direct_max_nodes comparison),
 # knee (3 nodes at 20 publishes/s with fewer subscribers), big (100k
 # connections over 6 nodes + Redis), history (rooms, fanout and memory
@@ -419,6 +420,14 @@ for rep in $(seq "$REPEAT"); do
         $(node_args) $(pid_args)
       stop_servers
     done
+    # The floor (the plain library) at the largest size, same scenario, same
+    # run: what an idle socket costs before anything fanout adds or removes.
+    c="${IDLE_SIZES##* }"
+    start_floor
+    run "floor-idle-$c" "$rep" "floor" -- idle --connections "$c" --rooms 100 \
+      --bind 127.0.0.1-2 --connect-rate 4000 --hold 5s --duration 120s \
+      --node "$FLOOR_URL" --node-pid "$FLOOR_PID"
+    stop_servers
   fi
 
   if wants fanout; then

@@ -1,7 +1,7 @@
 //! `fanout-floor`: the least a broadcast server must do, to measure fanout against.
 //!
-//! Plain tokio-tungstenite with the node's buffer settings (1 KiB read,
-//! 16 KiB write), no auth, no routing, no limits beyond a bounded queue per
+//! Plain tokio-tungstenite with the buffer settings the node used before it
+//! wrapped its sockets (1 KiB read, 16 KiB write), no auth, no routing, no limits beyond a bounded queue per
 //! socket: `GET /ws` upgrades and sends `welcome`; a `subscribe` frame puts
 //! the socket in the one room (answered with `ack`); `POST /v1/publish`
 //! encodes the `message` frame once per codec and hands a clone of those

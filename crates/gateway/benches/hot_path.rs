@@ -97,7 +97,6 @@ fn deliver_group(c: &mut Criterion, group: &str, in_order: bool) {
             };
             let conn = Arc::new(ConnHandle::new(
                 id,
-                id.to_string(),
                 name("acme"),
                 name(&format!("u{i}")),
                 codec,

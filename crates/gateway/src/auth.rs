@@ -19,5 +19,5 @@ mod keyring;
 
 pub use self::api_key::{ApiKeyScope, ApiKeys};
 pub use self::error::{AuthError, KeyError, VerifierError};
-pub use self::grant::Grant;
+pub use self::grant::{Grant, Permissions};
 pub use self::jwt::{DevTokenRequest, TokenVerifier, mint_hs256};

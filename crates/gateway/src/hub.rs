@@ -4,7 +4,7 @@
 //! ```text
 //!   conns:   ConnId            → ConnHandle
 //!   rooms:   (tenant, room)    → members { ConnId → (handle, presence_events) } + users { user → conns }
-//!   users:   (tenant, user)    → { ConnId → handle }
+//!   users:   (tenant, user)    → [handle]
 //!   tenants: tenant            → { ConnId → handle }
 //! ```
 //!
@@ -79,7 +79,10 @@ struct HubInner {
     /// stream state inside by positioned deliveries.
     rooms: DashMap<(Name, Name), Room>,
     /// Connections per (tenant, user). Written by `try_insert` / `remove`.
-    users: DashMap<(Name, Name), Members>,
+    /// A list, not a map: most users hold one connection on a node and
+    /// `max_connections_per_user` bounds the rest, and a one-entry map
+    /// costs ~100 B of heap per connection where this costs 8.
+    users: DashMap<(Name, Name), Vec<Arc<ConnHandle>>>,
     /// Connections per tenant. Written by `try_insert` / `remove`.
     tenants: DashMap<Name, Members>,
     /// Rooms whose stream has a gap open, and since when; written by the
@@ -222,7 +225,8 @@ impl Hub {
             return Err(LimitExceeded::PerTenant(limits.per_tenant));
         }
         tenant.insert(conn.id, conn.clone());
-        user.insert(conn.id, conn.clone());
+        user.reserve_exact(1);
+        user.push(conn.clone());
         drop(tenant);
         drop(user);
         m::connection_opened(&conn.tenant);
@@ -243,8 +247,11 @@ impl Hub {
         let (_, conn) = self.inner.conns.remove(&id)?;
         let key = (conn.tenant.clone(), conn.user.clone());
         if let Entry::Occupied(mut e) = self.inner.users.entry(key) {
-            e.get_mut().remove(&id);
-            if e.get().is_empty() {
+            let conns = e.get_mut();
+            if let Some(i) = conns.iter().position(|c| c.id == id) {
+                conns.swap_remove(i);
+            }
+            if conns.is_empty() {
                 e.remove();
             }
         }
@@ -307,7 +314,10 @@ impl Hub {
                 }),
             },
         );
-        conn_rooms.insert(room.clone());
+        // Exactly sized: most connections are in one or a few rooms, and
+        // a `Vec`'s first growth would make room for four.
+        conn_rooms.reserve_exact(1);
+        conn_rooms.push(room.clone());
         let count = entry.users.entry(conn.user.clone()).or_insert(0);
         *count += 1;
         Joined {
@@ -333,7 +343,11 @@ impl Hub {
         if r.members.remove(&conn.id).is_none() {
             return not_member;
         }
-        conn.lock_rooms().remove(room);
+        let mut conn_rooms = conn.lock_rooms();
+        if let Some(i) = conn_rooms.iter().position(|r| r == room) {
+            conn_rooms.swap_remove(i);
+        }
+        drop(conn_rooms);
         let mut last_of_user = false;
         if let Some(count) = r.users.get_mut(&conn.user) {
             *count -= 1;
@@ -396,7 +410,7 @@ impl Hub {
             }
             Audience::User(user) => {
                 if let Some(conns) = self.inner.users.get(&(msg.tenant.clone(), user.clone())) {
-                    conns.values().for_each(|c| push(c));
+                    conns.iter().for_each(|c| push(c));
                 }
             }
             Audience::Tenant => {
@@ -413,7 +427,7 @@ impl Hub {
     pub fn close_user(&self, tenant: &Name, user: &Name, code: CloseCode, reason: &str) -> usize {
         match self.inner.users.get(&(tenant.clone(), user.clone())) {
             Some(conns) => {
-                conns.values().for_each(|c| c.queue.close(code, reason));
+                conns.iter().for_each(|c| c.queue.close(code, reason));
                 conns.len()
             }
             None => 0,
@@ -470,7 +484,6 @@ mod tests {
         let id = hub.next_conn_id();
         let c = Arc::new(ConnHandle::new(
             id,
-            format!("n-{id}"),
             name(tenant),
             name(user),
             Codec::Json,
@@ -562,7 +575,6 @@ mod tests {
             let id = hub.next_conn_id();
             Arc::new(ConnHandle::new(
                 id,
-                id.to_string(),
                 name("t"),
                 name(user),
                 Codec::Json,

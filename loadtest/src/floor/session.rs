@@ -16,9 +16,11 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::{Floor, Member, QUEUE_FRAMES, to_message};
 
-/// The node's read buffer (crates/gateway/src/http/ws.rs).
+/// The read buffer the node gave tungstenite before it wrapped its sockets
+/// (issue 15, `session::lean_io`): the floor stays the plain library, with
+/// the smallest buffers it was measured with.
 const READ_BUFFER_BYTES: usize = 1024;
-/// The node's write buffer.
+/// The write buffer the node gave tungstenite before it batched writes itself.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// The node's default frame limit.
 const MAX_FRAME_BYTES: usize = 64 * 1024;

@@ -23,7 +23,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::error::{AuthError, KeyError, VerifierError};
-use super::grant::Grant;
+use super::grant::{Grant, PermissionCache, Permissions};
 use super::jwks::{Jwks, JwksTiming};
 use super::key::{VerifyKey, load_key};
 use super::keyring::KeyRing;
@@ -42,6 +42,8 @@ struct Policy {
 pub struct TokenVerifier {
     default: Option<Policy>,
     tenants: HashMap<String, Policy>,
+    /// Parsed permissions shared by the grants of identical claims.
+    permissions: PermissionCache,
 }
 
 /// The claims fanout reads. `sub`, `tenant` and `exp` are required.
@@ -191,7 +193,11 @@ impl TokenVerifier {
                 },
             );
         }
-        Ok(Self { default, tenants })
+        Ok(Self {
+            default,
+            tenants,
+            permissions: PermissionCache::default(),
+        })
     }
 
     /// Verifies `token` and returns what it allows, with the keys at hand:
@@ -203,7 +209,7 @@ impl TokenVerifier {
     pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
         let (policy, header) = self.policy(token)?;
         let keys = policy.keys.candidates_now(header.kid.as_deref())?;
-        check(token, &header, policy, &keys)
+        check(token, &header, policy, &keys, &self.permissions)
     }
 
     /// Verifies `token` and returns what it allows. Waits for the network
@@ -214,7 +220,7 @@ impl TokenVerifier {
     pub async fn verify_async(&self, token: &str) -> Result<Grant, AuthError> {
         let (policy, header) = self.policy(token)?;
         let keys = policy.keys.candidates(header.kid.as_deref()).await?;
-        check(token, &header, policy, &keys)
+        check(token, &header, policy, &keys, &self.permissions)
     }
 
     /// The key set and expectations for the token's (unverified) tenant, and its header.
@@ -246,13 +252,14 @@ fn check(
     header: &Header,
     policy: &Policy,
     keys: &[Arc<VerifyKey>],
+    permissions: &PermissionCache,
 ) -> Result<Grant, AuthError> {
     let mut bad_signature = None;
     for key in keys.iter().filter(|k| k.algorithm == header.alg) {
         let mut validation = policy.validation.clone();
         validation.algorithms = vec![key.algorithm];
         match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
-            Ok(data) => return grant_from(data.claims),
+            Ok(data) => return grant_from(data.claims, permissions),
             // Another key of the set may have signed it.
             Err(e) if *e.kind() == ErrorKind::InvalidSignature => bad_signature = Some(e),
             // The signature is good (or the token is bad whatever the key).
@@ -288,31 +295,41 @@ fn refusal(e: &jsonwebtoken::errors::Error, expected: &Validation) -> AuthError 
     }
 }
 
-fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
+fn grant_from(claims: Claims, cache: &PermissionCache) -> Result<Grant, AuthError> {
     let claim = |claim: &'static str| {
         move |e: fanout_protocol::NameError| AuthError::Claim {
             claim,
             reason: e.to_string(),
         }
     };
-    let patterns =
-        |claim: &'static str, list: Vec<String>| -> Result<Vec<RoomPattern>, AuthError> {
-            list.iter()
-                .map(|p| {
-                    RoomPattern::parse(p).map_err(|e| AuthError::Claim {
-                        claim,
-                        reason: e.to_string(),
-                    })
+    let patterns = |claim: &'static str, list: &[String]| -> Result<Vec<RoomPattern>, AuthError> {
+        list.iter()
+            .map(|p| {
+                RoomPattern::parse(p).map_err(|e| AuthError::Claim {
+                    claim,
+                    reason: e.to_string(),
                 })
-                .collect()
-        };
+            })
+            .collect()
+    };
+    // Checked in the claims' order, so that the first bad claim is named.
+    let tenant = Name::new("tenant", &claims.tenant).map_err(claim("tenant"))?;
+    let user = Name::new("user", &claims.sub).map_err(claim("sub"))?;
+    let presence = claims.presence.unwrap_or(true);
+    let key = (claims.tenant, claims.rooms, claims.publish, presence);
+    let permissions = cache.get_or_parse(key, |c| {
+        Ok(Permissions {
+            tenant,
+            rooms: patterns("rooms", &c.1)?,
+            publish: patterns("publish", &c.2)?,
+            presence: c.3,
+        })
+    })?;
     Ok(Grant {
-        tenant: Name::new("tenant", &claims.tenant).map_err(claim("tenant"))?,
-        user: Name::new("user", &claims.sub).map_err(claim("sub"))?,
+        tenant: permissions.tenant.clone(),
+        user,
         expires_at: claims.exp,
-        rooms: patterns("rooms", claims.rooms)?,
-        publish: patterns("publish", claims.publish)?,
-        presence: claims.presence.unwrap_or(true),
+        permissions,
     })
 }
 

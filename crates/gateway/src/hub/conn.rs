@@ -1,6 +1,5 @@
 //! The handle through which the hub reaches one connection.
 
-use std::collections::HashSet;
 use std::sync::Mutex;
 
 use fanout_protocol::{Codec, Name};
@@ -15,8 +14,6 @@ use crate::message::ConnId;
 pub struct ConnHandle {
     /// Node-local id.
     pub id: ConnId,
-    /// Public id sent in `welcome` (`<node>-<id>`).
-    pub public_id: String,
     /// Tenant of its token.
     pub tenant: Name,
     /// User of its token.
@@ -30,34 +27,37 @@ pub struct ConnHandle {
     /// need no scan. Written only by [`super::Hub::join`] and
     /// [`super::Hub::leave`], while they hold the room's entry lock, so the
     /// two directions never disagree. (The session used to keep its own
-    /// copy; there is now one owner, the hub.)
-    rooms: Mutex<HashSet<Name>>,
+    /// copy; there is now one owner, the hub.) A `Vec`, not a set: it holds
+    /// at most `limits.max_rooms_per_connection` names (100 by default),
+    /// usually one or a few, and a one-room set costs ~100 B of heap where
+    /// this costs 16.
+    rooms: Mutex<Vec<Name>>,
 }
 
 impl ConnHandle {
     /// A connection in no room yet.
-    pub fn new(
-        id: ConnId,
-        public_id: String,
-        tenant: Name,
-        user: Name,
-        codec: Codec,
-        queue: SendQueue,
-    ) -> Self {
+    pub fn new(id: ConnId, tenant: Name, user: Name, codec: Codec, queue: SendQueue) -> Self {
         Self {
             id,
-            public_id,
             tenant,
             user,
             codec,
             queue,
-            rooms: Mutex::new(HashSet::new()),
+            rooms: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The id clients and logs know the connection by, `<node>-<id>` (in
+    /// `welcome`). Built when asked rather than kept: it is asked for once
+    /// per connection (and in the odd warning), and a stored copy cost
+    /// every connection ~60 B.
+    pub fn public_id(&self, node: &str) -> String {
+        format!("{node}-{}", self.id)
     }
 
     /// The rooms this connection is in, at this instant.
     pub fn rooms(&self) -> Vec<Name> {
-        self.lock_rooms().iter().cloned().collect()
+        self.lock_rooms().clone()
     }
 
     /// How many rooms this connection is in.
@@ -72,7 +72,7 @@ impl ConnHandle {
 
     /// The room set; a poisoned lock still holds a consistent set (every
     /// update is one insert or remove).
-    pub(super) fn lock_rooms(&self) -> std::sync::MutexGuard<'_, HashSet<Name>> {
+    pub(super) fn lock_rooms(&self) -> std::sync::MutexGuard<'_, Vec<Name>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -11,16 +11,22 @@
 //! Why not a `tokio::sync::mpsc` channel: a bounded channel allocates a block
 //! of 32 slots up front, about 2.5 KiB with tungstenite's `Message`, for
 //! every connection, idle or not. A `VecDeque` behind a mutex costs nothing
-//! until a frame is queued and is shrunk when it drains, which matters at
+//! until a frame is queued and is released when it drains, which matters at
 //! 100k mostly idle sockets. The mutex is a `std` one: it is held for a push
-//! or a pop, never across an `.await`. One `Notify` wakes the session for
-//! both new frames and a close request, so a session waits on one future.
+//! or a pop, never across an `.await`.
+//!
+//! The session is woken for both new frames and a close request through
+//! one waker kept under the same mutex (a permit flag and the waiting
+//! task's `Waker`), not a `tokio::sync::Notify`: waiting on a `Notify` puts
+//! an 80-byte `Notified` future into every connection's task, while
+//! [`SendQueue::wait`] is a closure over a reference. The queue has one
+//! consumer, its session, so one waker slot is all a `Notify` would hold.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::task::{Poll, Waker};
 
 use fanout_protocol::CloseCode;
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
 /// A request to close the connection, with its code and reason.
@@ -56,29 +62,42 @@ pub enum Next {
 struct State {
     frames: VecDeque<Message>,
     bytes: usize,
-    close: Option<CloseRequest>,
+    /// Boxed: set once in a connection's life, if ever.
+    close: Option<Box<CloseRequest>>,
+    /// Something was pushed (or a close asked for) since the session last
+    /// woke: the one permit a `Notify` would keep.
+    woken: bool,
+    /// The session, while it waits.
+    waker: Option<Waker>,
+}
+
+impl State {
+    /// Sets the permit and takes the waiting session's waker, to be woken
+    /// once the lock is released.
+    fn wake(&mut self) -> Option<Waker> {
+        self.woken = true;
+        self.waker.take()
+    }
 }
 
 /// The bounded outbound queue of one connection.
 #[derive(Debug)]
 pub struct SendQueue {
     state: Mutex<State>,
-    notify: Notify,
-    max_frames: usize,
-    max_bytes: usize,
+    max_frames: u32,
+    max_bytes: u32,
 }
-
-/// Capacity kept after the queue drains; above it the buffer is released.
-const KEEP_CAPACITY: usize = 16;
 
 impl SendQueue {
     /// An empty queue with the given bounds.
+    /// Bounds above `u32::MAX` are taken as `u32::MAX` (the configuration
+    /// refuses larger ones).
     pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+        let cap = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Self {
             state: Mutex::new(State::default()),
-            notify: Notify::new(),
-            max_frames,
-            max_bytes,
+            max_frames: cap(max_frames),
+            max_bytes: cap(max_bytes),
         }
     }
 
@@ -97,21 +116,29 @@ impl SendQueue {
         if state.close.is_some() {
             return Err(PushError::Closing);
         }
-        if state.frames.len() >= self.max_frames || state.bytes + len > self.max_bytes {
+        if state.frames.len() >= self.max_frames as usize
+            || state.bytes + len > self.max_bytes as usize
+        {
             state.frames = VecDeque::new();
             state.bytes = 0;
-            state.close = Some(CloseRequest {
+            state.close = Some(Box::new(CloseRequest {
                 code: CloseCode::SlowConsumer,
                 reason: "send queue overflow".into(),
-            });
+            }));
+            let waker = state.wake();
             drop(state);
-            self.notify.notify_one();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
             return Err(PushError::Overflow);
         }
         state.bytes += len;
         state.frames.push_back(frame);
+        let waker = state.wake();
         drop(state);
-        self.notify.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
         Ok(())
     }
 
@@ -120,13 +147,16 @@ impl SendQueue {
     pub fn close(&self, code: CloseCode, reason: impl Into<String>) {
         let mut state = self.lock();
         if state.close.is_none() {
-            state.close = Some(CloseRequest {
+            state.close = Some(Box::new(CloseRequest {
                 code,
                 reason: reason.into(),
-            });
+            }));
         }
+        let waker = state.wake();
         drop(state);
-        self.notify.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Whether a close was requested.
@@ -134,27 +164,46 @@ impl SendQueue {
         self.lock().close.is_some()
     }
 
-    /// Takes the next thing to do.
+    /// Takes the next thing to do. The buffer is released when the queue
+    /// drains, so that an idle connection holds none: the next frame
+    /// allocates a small one again (one allocation per batch of frames).
     pub fn pop(&self) -> Next {
         let mut state = self.lock();
         if let Some(frame) = state.frames.pop_front() {
             state.bytes -= frame.len();
-            if state.frames.is_empty() && state.frames.capacity() > KEEP_CAPACITY {
+            if state.frames.is_empty() {
                 state.frames = VecDeque::new();
             }
             return Next::Frame(frame);
         }
         match &state.close {
-            Some(req) => Next::Close(req.clone()),
+            Some(req) => Next::Close(CloseRequest::clone(req)),
             None => Next::Empty,
         }
     }
 
     /// Completes when something was pushed or a close was requested since
-    /// the last wake-up. `Notify` keeps one permit, so a push that happens
-    /// between a `pop` returning `Empty` and this call is not missed.
-    pub async fn wait(&self) {
-        self.notify.notified().await;
+    /// the last wake-up. The permit is kept, so a push that happens between
+    /// a `pop` returning `Empty` and this call is not missed. One waiter at
+    /// a time (the session): a second one would replace the first's waker.
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            let mut state = self.lock();
+            if std::mem::take(&mut state.woken) {
+                return Poll::Ready(());
+            }
+            match &mut state.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+    }
+
+    /// Frames the buffer has room for now (0: no buffer is allocated).
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.lock().frames.capacity()
     }
 
     /// Frames and bytes currently queued.
@@ -215,6 +264,38 @@ mod tests {
         }
         assert_eq!(q.depth(), (0, 0));
         assert!(matches!(q.pop(), Next::Empty));
+    }
+
+    #[test]
+    fn a_drained_queue_holds_no_buffer() {
+        let q = SendQueue::new(100, 1 << 20);
+        for _ in 0..20 {
+            q.push(text("frame")).unwrap();
+        }
+        assert!(q.capacity() >= 20);
+        while let Next::Frame(_) = q.pop() {}
+        assert_eq!(q.capacity(), 0, "an idle connection keeps no queue buffer");
+    }
+
+    #[tokio::test]
+    async fn wait_is_woken_by_a_later_push_and_a_close() {
+        let q = std::sync::Arc::new(SendQueue::new(10, 1024));
+        for wake in [0, 1] {
+            let waiter = tokio::spawn({
+                let q = q.clone();
+                async move { q.wait().await }
+            });
+            tokio::task::yield_now().await;
+            if wake == 0 {
+                q.push(text("a")).unwrap();
+            } else {
+                q.close(CloseCode::Restart, "draining");
+            }
+            tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+                .await
+                .expect("woken")
+                .expect("no panic");
+        }
     }
 
     #[tokio::test]

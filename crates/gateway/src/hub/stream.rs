@@ -301,7 +301,6 @@ mod tests {
         let id = hub.next_conn_id();
         let c = Arc::new(ConnHandle::new(
             id,
-            id.to_string(),
             name("t"),
             name(user),
             Codec::Json,

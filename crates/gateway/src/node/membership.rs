@@ -108,7 +108,6 @@ impl Node {
         let id = hub.next_conn_id();
         let handle = Arc::new(ConnHandle::new(
             id,
-            format!("{}-{id}", self.id()),
             grant.tenant.clone(),
             grant.user.clone(),
             codec,

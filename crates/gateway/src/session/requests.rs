@@ -9,6 +9,7 @@ use fanout_protocol::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::warn;
 
+use super::rate::Kind;
 use super::{Flow, Session, expiry_instant};
 use crate::message::{Audience, to_message};
 use crate::metrics as m;
@@ -81,7 +82,7 @@ where
 
     fn node_error(&self, id: Option<RequestId>, err: &NodeError) {
         if let NodeError::Internal(cause) = err {
-            tracing::error!(%cause, "internal error");
+            tracing::error!(%cause, conn = %self.handle.public_id(self.node.id()), "internal error");
         }
         self.refuse(id, err.code(), err.to_string());
     }
@@ -98,14 +99,14 @@ where
         let refused = match frame {
             // Publishes have their own budget; a second `auth` is refused anyway.
             ClientFrame::Publish { .. } | ClientFrame::Auth { .. } => return None,
-            _ if !self.request_bucket.try_take(now) => {
+            _ if !self.budgets.try_take(Kind::Request, limits, now) => {
                 format!(
                     "rate limited: at most {} requests per second",
                     limits.request_rate
                 )
             }
             ClientFrame::Subscribe { .. } | ClientFrame::Unsubscribe { .. }
-                if !self.membership_bucket.try_take(now) =>
+                if !self.budgets.try_take(Kind::Membership, limits, now) =>
             {
                 format!(
                     "rate limited: at most {} subscribes and unsubscribes per second",
@@ -151,7 +152,7 @@ where
             } => {
                 // join/leave events are presence by another name: a token
                 // that may not query presence may not watch it either.
-                if presence_events && !self.grant.presence {
+                if presence_events && !self.grant.permissions.presence {
                     self.refuse(
                         id,
                         ErrorCode::Forbidden,
@@ -237,7 +238,9 @@ where
                 };
                 match self.handle.codec.encode(&ack) {
                     Ok(encoded) => sub.start(to_message(encoded)),
-                    Err(e) => warn!(error = %e, "encoding an ack failed"),
+                    Err(e) => {
+                        warn!(error = %e, conn = %self.handle.public_id(self.node.id()), "encoding an ack failed")
+                    }
                 }
             }
             Err(e) => self.node_error(id, &e),
@@ -293,7 +296,8 @@ where
             );
             return Flow::Continue;
         }
-        if !self.publish_bucket.try_take(Instant::now()) {
+        let limits = &self.node.config().limits;
+        if !self.budgets.try_take(Kind::Publish, limits, Instant::now()) {
             let message = format!(
                 "rate limited: at most {} publishes per second",
                 self.node.config().limits.publish_rate

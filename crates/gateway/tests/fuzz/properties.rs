@@ -255,9 +255,9 @@ proptest! {
                 prop_assert_eq!(grant.user.as_str(), sub.as_str());
                 prop_assert_eq!(grant.tenant.as_str(), tenant.as_str());
                 prop_assert_eq!(grant.expires_at, exp);
-                prop_assert_eq!(grant.rooms.iter().map(|p| p.as_str()).collect::<Vec<_>>(), rooms);
-                prop_assert_eq!(grant.publish.iter().map(|p| p.as_str()).collect::<Vec<_>>(), publish);
-                prop_assert_eq!(grant.presence, presence.unwrap_or(true));
+                prop_assert_eq!(grant.permissions.rooms.iter().map(|p| p.as_str()).collect::<Vec<_>>(), rooms);
+                prop_assert_eq!(grant.permissions.publish.iter().map(|p| p.as_str()).collect::<Vec<_>>(), publish);
+                prop_assert_eq!(grant.permissions.presence, presence.unwrap_or(true));
             }
             Err(AuthError::Claim { claim, .. }) => {
                 prop_assert!(bad.contains(&claim), "refused {} but the bad claims are {:?}", claim, bad);

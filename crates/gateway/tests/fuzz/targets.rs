@@ -217,9 +217,9 @@ pub fn claims(bytes: &[u8]) -> bool {
             assert_eq!(grant.user.as_str(), c.sub);
             assert_eq!(grant.tenant.as_str(), c.tenant);
             assert_eq!(grant.expires_at, c.exp);
-            assert_eq!(got(&grant.rooms), c.rooms);
-            assert_eq!(got(&grant.publish), c.publish);
-            assert_eq!(grant.presence, c.presence.unwrap_or(true));
+            assert_eq!(got(&grant.permissions.rooms), c.rooms);
+            assert_eq!(got(&grant.permissions.publish), c.publish);
+            assert_eq!(grant.permissions.presence, c.presence.unwrap_or(true));
             assert!(is_valid_name(&c.sub) && is_valid_name(&c.tenant));
             assert!(
                 c.rooms
