@@ -73,7 +73,9 @@ async fn the_users_of_a_sigkilled_node_get_one_leave_after_its_sweep() {
         "fanout_departures_total{cause=\"sweep\"}",
     )
     .await;
-    assert_eq!(announced, 1.0, "one departure announced by the sweeper");
+    // At least this one (in-process nodes share the test binary's
+    // recorder); that it came once is the watcher's to say, above.
+    assert!(announced >= 1.0, "the sweeper announced no departure");
     let members = hash(&redis, &format!("{PREFIX}:{{acme/lobby}}:members")).await;
     let mut members: Vec<String> = members.into_iter().map(|(f, _)| f).collect();
     members.sort();
@@ -168,12 +170,15 @@ async fn entries_of_a_node_whose_index_was_lost_never_count_and_the_audit_remove
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_release_that_fails_with_noscript_is_repaired_without_a_resync() {
     let redis = RedisServer::start().await;
-    let a = spawn_node(&redis.url(), PREFIX, "node-a", |c| {
-        c.limits.max_connections_per_user = 1;
-    })
-    .await;
+    // A process of its own: its metrics are its own (in-process nodes share
+    // the test binary's recorder with every other test's nodes).
+    let toml = format!(
+        "[limits]\nmax_connections_per_user = 1\n\n{}",
+        redis_toml(&redis.url(), PREFIX)
+    );
+    let a = ProcessNode::spawn(&toml).await;
     wait_for_cluster(&a, 1).await;
-    let resyncs = async || scrape(&a.url("/metrics"), "fanout_resubscribes_total").await;
+    let resyncs = async || scrape(&a.http_url("/metrics"), "fanout_resubscribes_total").await;
     let before = resyncs().await;
     let u1 = a.member("u1", "acme", "lobby").await;
 
@@ -202,7 +207,7 @@ async fn a_release_that_fails_with_noscript_is_repaired_without_a_resync() {
     assert_eq!(resyncs().await, before, "a failed script resynced the node");
     assert!(
         scrape(
-            &a.url("/metrics"),
+            &a.http_url("/metrics"),
             "fanout_redis_registry_repairs_total{outcome=\"ok\"}"
         )
         .await
