@@ -629,15 +629,9 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     use super::*;
-    use crate::cluster::embedded::EmbeddedBus;
-    use crate::config::Config;
-    use crate::hub::Hub;
-    use crate::node::NodeParts;
 
     /// The session's future over an in-memory stream (the real one, over a
     /// TCP socket, is bounded in `http::ws::tests`, with the task around
@@ -648,17 +642,7 @@ mod tests {
     /// 944 B after.
     #[tokio::test]
     async fn the_long_lived_session_task_stays_small() {
-        let hub = Hub::new();
-        let node = Node::new(
-            Config::default(),
-            NodeParts {
-                id: "size-test".into(),
-                hub: hub.clone(),
-                bus: Arc::new(EmbeddedBus::new(hub, Default::default())),
-                metrics: crate::metrics::install(),
-            },
-        )
-        .unwrap();
+        let node = Node::embedded_for_tests();
         let (socket, _peer) = tokio::io::duplex(64);
         let ws = WebSocketStream::from_raw_socket(socket, Role::Server, None).await;
         let upgrade = Upgrade {

@@ -162,13 +162,7 @@ pub(crate) async fn upgrade(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::cluster::embedded::EmbeddedBus;
-    use crate::config::Config;
-    use crate::hub::Hub;
-    use crate::node::NodeParts;
 
     /// What tokio allocates for the task of a future of `future_bytes`
     /// spawned through the node's `TaskTracker` (which adds 8 B): the
@@ -190,17 +184,7 @@ mod tests {
     /// release builds.
     #[tokio::test]
     async fn the_connection_task_stays_small() {
-        let hub = Hub::new();
-        let node = Node::new(
-            Config::default(),
-            NodeParts {
-                id: "size-test".into(),
-                hub: hub.clone(),
-                bus: Arc::new(EmbeddedBus::new(hub, Default::default())),
-                metrics: crate::metrics::install(),
-            },
-        )
-        .unwrap();
+        let node = Node::embedded_for_tests();
         let on_upgrade = hyper::upgrade::on(axum::http::Request::new(()));
         let upgrade = Upgrade {
             codec: fanout_protocol::Codec::Json,

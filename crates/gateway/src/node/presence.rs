@@ -61,7 +61,6 @@ impl Node {
     /// waits for it.
     pub(super) fn start_announcing(&self) {
         let Some(mut changes) = self.inner.bus.take_presence_changes() else {
-            self.inner.announcing.close();
             return;
         };
         let node = Arc::downgrade(&self.inner);
@@ -79,7 +78,6 @@ impl Node {
                 .await;
             }
         });
-        self.inner.announcing.close();
     }
 
     /// Who is in a room, cluster-wide.

@@ -48,8 +48,8 @@ pub(super) struct NodeInner {
     pub(super) started: Instant,
     /// Every session task, so that the drain can wait for them to end.
     pub(super) sessions: TaskTracker,
-    /// The task announcing the bus's presence changes (closed once spawned:
-    /// waiting on it waits for the last announcement).
+    /// The task announcing the bus's presence changes (closed from the
+    /// start: waiting on it waits for the last announcement).
     pub(super) announcing: TaskTracker,
 }
 
@@ -113,9 +113,9 @@ impl Node {
         };
         if tokio::runtime::Handle::try_current().is_ok() {
             node.start_announcing();
-        } else {
-            node.inner.announcing.close();
         }
+        // Closed at once: waiting on it waits for the announcing task, if any.
+        node.inner.announcing.close();
         Ok(node)
     }
 
@@ -201,5 +201,26 @@ impl Node {
             },
             cluster: self.inner.bus.cluster_stats().await?,
         })
+    }
+}
+
+#[cfg(test)]
+impl Node {
+    /// A node with the default config on the embedded bus, for unit tests.
+    pub(crate) fn embedded_for_tests() -> Node {
+        let hub = Hub::new();
+        Node::new(
+            Config::default(),
+            NodeParts {
+                id: "test-node".into(),
+                hub: hub.clone(),
+                bus: Arc::new(crate::cluster::embedded::EmbeddedBus::new(
+                    hub,
+                    Default::default(),
+                )),
+                metrics: crate::metrics::install(),
+            },
+        )
+        .expect("the default config builds a node")
     }
 }

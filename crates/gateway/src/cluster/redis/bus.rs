@@ -98,7 +98,7 @@ impl RedisBus {
         let keys = Keyspace::new(&config.prefix, node_id, shards::layout_of(&config.url));
         let health = Arc::new(Health::new(config.entry_ttl()));
         let liveness = Arc::new(NodeLiveness::default());
-        let (announce, changes) = mpsc::channel(registry::DEPARTURES);
+        let (announce, changes) = mpsc::channel(registry::PRESENCE_CHANGES);
         let registry = registry::spawn(Actor {
             keys: keys.clone(),
             config: config.clone(),

@@ -74,6 +74,26 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// A node's probe of its own subscription through one shard: number `n`
+    /// (in `ts`), the shard in `id`.
+    pub(crate) fn probe(origin: &str, shard: &str, n: u64) -> Self {
+        Envelope {
+            v: VERSION,
+            origin: origin.to_owned(),
+            kind: Kind::Probe,
+            id: shard.to_owned(),
+            ts: n,
+            tenant: String::new(),
+            room: None,
+            user: None,
+            presence_only: false,
+            json: Bytes::new(),
+            msgpack: Bytes::new(),
+            offset: None,
+            epoch: None,
+        }
+    }
+
     /// Encodes to MessagePack.
     pub fn encode(&self) -> Result<Bytes, rmp_serde::encode::Error> {
         rmp_serde::to_vec_named(self).map(Bytes::from)
@@ -125,21 +145,7 @@ mod tests {
 
     #[test]
     fn deep_nesting_in_an_unknown_field_is_an_error_not_a_stack_overflow() {
-        let e = Envelope {
-            v: VERSION,
-            origin: "node-a".into(),
-            kind: Kind::Probe,
-            id: String::new(),
-            ts: 1,
-            tenant: "acme".into(),
-            room: None,
-            user: None,
-            presence_only: false,
-            json: Bytes::new(),
-            msgpack: Bytes::new(),
-            offset: None,
-            epoch: None,
-        };
+        let e = Envelope::probe("node-a", "", 1);
         let mut bytes = e.encode().unwrap().to_vec();
         bytes[0] += 1; // one more field: "x": [[[…]]]
         bytes.extend_from_slice(&[0xa1, b'x']);

@@ -315,22 +315,9 @@ impl Prober {
     /// Publishes the next probe through `shard`; its number if it went out.
     async fn send(&self, shard: &Shard) -> Option<u64> {
         let n = self.probes.sent.fetch_add(1, Ordering::AcqRel) + 1;
-        let env = Envelope {
-            v: VERSION,
-            origin: self.keys.node().to_owned(),
-            kind: Kind::Probe,
-            id: shard.id.to_string(),
-            ts: n,
-            tenant: String::new(),
-            room: None,
-            user: None,
-            presence_only: false,
-            json: Bytes::new(),
-            msgpack: Bytes::new(),
-            offset: None,
-            epoch: None,
-        };
-        let bytes = env.encode().ok()?;
+        let bytes = Envelope::probe(self.keys.node(), &shard.id, n)
+            .encode()
+            .ok()?;
         let sent: Result<i64, _> = match self.keys.layout() {
             Layout::Single => {
                 let inbox = self.keys.inbox(self.keys.node());

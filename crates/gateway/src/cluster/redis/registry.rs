@@ -151,9 +151,9 @@ impl Registry {
     }
 }
 
-/// Departures the actor may hold for the node before it drops more (a
-/// sweep of a dead node can report thousands at once).
-pub(crate) const DEPARTURES: usize = 64 * 1024;
+/// Presence changes the actor may hold for the node before it drops more
+/// (a sweep of a dead node can report thousands at once).
+pub(crate) const PRESENCE_CHANGES: usize = 64 * 1024;
 
 /// Starts the actor; returns its handle.
 pub(crate) fn spawn(actor: Actor) -> Registry {

@@ -22,6 +22,7 @@
 
 use std::collections::BTreeSet;
 
+use fanout_protocol::Name;
 use fred::interfaces::{ClientLike, SortedSetsInterface};
 use fred::types::{ClusterHash, CustomCommand, Value};
 use tokio::time::Instant;
@@ -146,7 +147,7 @@ impl Actor {
         let mut rooms = BTreeSet::new();
         let mut orphans = BTreeSet::new();
         let mut pipe = self.redis.pipe();
-        let mut queued: Vec<Option<(String, String)>> = Vec::new();
+        let mut queued: Vec<Option<(Name, Name)>> = Vec::new();
         for item in found {
             match item {
                 Scanned::Room(tag) => {
@@ -156,16 +157,13 @@ impl Actor {
                     let Some((t, r)) = tag.split_once('/') else {
                         continue;
                     };
-                    let (Ok(t), Ok(r)) = (
-                        fanout_protocol::Name::new("tenant", t),
-                        fanout_protocol::Name::new("room", r),
-                    ) else {
+                    let (Ok(t), Ok(r)) = (Name::new("tenant", t), Name::new("room", r)) else {
                         continue;
                     };
                     let keys = self.keys.room_script_keys(&t, &r);
                     if let Some(p) = pipe.at(&keys[0]) {
                         scripts::queue(p, &scripts::AUDIT_ROOM, keys, args.clone()).await;
-                        queued.push(Some((t.to_string(), r.to_string())));
+                        queued.push(Some((t, r)));
                     }
                 }
                 Scanned::Counts(key) => {
@@ -195,12 +193,7 @@ impl Actor {
                     if let Value::Array(items) = &v {
                         removed += items.first().and_then(Value::as_i64).unwrap_or(0).max(0) as u64;
                     }
-                    if let (Ok(t), Ok(r)) = (
-                        fanout_protocol::Name::new("tenant", &t),
-                        fanout_protocol::Name::new("room", &r),
-                    ) {
-                        self.depart(&t, &r, users_of(&v, 1), Cause::Audit);
-                    }
+                    self.depart(&t, &r, users_of(&v, 1), Cause::Audit);
                 }
                 None => removed += v.as_i64().unwrap_or(0).max(0) as u64,
             }

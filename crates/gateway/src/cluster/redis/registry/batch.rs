@@ -131,7 +131,10 @@ impl Actor {
                     (&scripts::ADMIT, keys, args)
                 }
                 Change::Unregister { tenant, user } => {
-                    let (_, last_tenant) = self.registered.remove_conn(tenant, user);
+                    let Some((_, last_tenant)) = self.registered.remove_conn(tenant, user) else {
+                        // Its counts left Redis when the drain began.
+                        continue;
+                    };
                     if last_tenant {
                         for ch in self.keys.tenant_listen(tenant) {
                             self.channels.unneeded(&ch, linger);
@@ -221,7 +224,6 @@ impl Actor {
 
         // 3. Replies; roll back what Redis refused.
         let mut emptied_rooms = Vec::new();
-        let mut failed = BTreeSet::new();
         let mut fresh_live: Option<Vec<String>> = None;
         for (change, script, keys, args) in scripted {
             let mut result = results.next();
@@ -275,9 +277,9 @@ impl Actor {
                 // view is settled as if it did not run, which Redis may not
                 // agree with: the entries it touched are rewritten from the
                 // view at the next heartbeat (a repair), and only those. The
-                // node stays ready meanwhile. Their index entries stay, so
-                // that whatever the script left stays findable.
-                failed.extend(index_entries(&change));
+                // node stays ready meanwhile. A dirty entry stays in the
+                // node's index (step 4), so that whatever the script left
+                // stays findable.
                 self.mark_dirty(&change);
             }
             self.settle(change, result, &mut emptied_rooms);
@@ -286,7 +288,7 @@ impl Actor {
         // 4. Index entries no longer backed by our view; rooms nobody hosts.
         let stale: Vec<String> = touched
             .into_iter()
-            .filter(|e| !self.in_view(e) && !failed.contains(e))
+            .filter(|e| !self.in_view(e) && !self.dirty.contains_key(e))
             .collect();
         if stale.is_empty() && emptied_rooms.is_empty() {
             return;
@@ -334,7 +336,12 @@ impl Actor {
                     },
                     _ => Err(AdmitError::Unavailable(script_error("admit", result))),
                 };
-                if outcome.is_err() && self.registered.remove_conn(&tenant, &user).1 {
+                if outcome.is_err()
+                    && self
+                        .registered
+                        .remove_conn(&tenant, &user)
+                        .is_some_and(|(_, last_tenant)| last_tenant)
+                {
                     for ch in self.keys.tenant_listen(&tenant) {
                         self.channels.unneeded(&ch, linger);
                     }

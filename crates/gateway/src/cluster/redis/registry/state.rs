@@ -144,11 +144,16 @@ impl Registered {
         (*u == 1, *t == 1)
     }
 
-    /// Uncounts a connection; returns (last of user, last of tenant).
-    pub(crate) fn remove_conn(&mut self, tenant: &Name, user: &Name) -> (bool, bool) {
+    /// Uncounts a connection; returns (last of user, last of tenant), or
+    /// `None` when the user is not counted (its counts were released for a
+    /// drain: nothing is left to uncount).
+    pub(crate) fn remove_conn(&mut self, tenant: &Name, user: &Name) -> Option<(bool, bool)> {
+        if !self.users.contains_key(&(tenant.clone(), user.clone())) {
+            return None;
+        }
         let last_user = decrement(&mut self.users, (tenant.clone(), user.clone()));
         let last_tenant = decrement(&mut self.tenants, tenant.clone());
-        (last_user, last_tenant)
+        Some((last_user, last_tenant))
     }
 
     /// Counts a room member; returns true when the room is new on this node.
@@ -263,8 +268,13 @@ mod tests {
         let mut r = Registered::default();
         assert_eq!(r.add_conn(&n("t"), &n("u")), (true, true));
         assert_eq!(r.add_conn(&n("t"), &n("v")), (true, false));
-        assert_eq!(r.remove_conn(&n("t"), &n("u")), (true, false));
-        assert_eq!(r.remove_conn(&n("t"), &n("v")), (true, true));
+        assert_eq!(r.remove_conn(&n("t"), &n("u")), Some((true, false)));
+        assert_eq!(r.remove_conn(&n("t"), &n("v")), Some((true, true)));
+        assert_eq!(
+            r.remove_conn(&n("t"), &n("v")),
+            None,
+            "not counted any more"
+        );
         assert!(r.add_member(&n("t"), &n("r"), &n("u")));
         assert!(!r.add_member(&n("t"), &n("r"), &n("u")));
         assert!(!r.remove_member(&n("t"), &n("r"), &n("u")));
