@@ -75,10 +75,10 @@ pub trait Bus: Send + Sync + 'static {
     }
 
     /// The node starts closing its clients (a drain): its connections stop
-    /// counting toward cluster-wide limits now, so that a client closed
-    /// here is not refused on the node it reconnects to while this one
-    /// finishes. Never waits.
-    fn closing(&self) {}
+    /// counting toward cluster-wide limits, so that a client closed here is
+    /// not refused on the node it reconnects to while this one finishes.
+    /// Returns once they no longer count (the caller bounds the wait).
+    async fn closing(&self) {}
 
     /// The presence changes the bus finds (taken once, by the node, which
     /// announces them). `None` for a bus that finds none.

@@ -269,7 +269,20 @@ async fn drain(node: &Node, deadline: tokio::time::Instant) {
     );
     tokio::time::sleep_until((tokio::time::Instant::now() + cfg.readiness_delay).min(deadline))
         .await;
-    node.begin_closing();
+    // The node's connections stop counting toward limits before the first
+    // client is closed. A Redis that does not answer could not admit the
+    // reconnecting clients elsewhere either: it holds the closes no longer
+    // than a tenth of the window (at most CLOSING_WAIT).
+    let wait = CLOSING_WAIT.min(cfg.drain_window / 10);
+    let counted_out = (tokio::time::Instant::now() + wait).min(deadline);
+    if tokio::time::timeout_at(counted_out, node.begin_closing())
+        .await
+        .is_err()
+    {
+        warn!(
+            "the cluster did not confirm in time that this node's connections no longer count; closing anyway"
+        );
+    }
     node.sessions().close();
     close_in_batches(node, cfg.drain_window, deadline).await;
     // Sessions admitted while the batches went out are closed on the next pass.
@@ -291,6 +304,11 @@ async fn drain(node: &Node, deadline: tokio::time::Instant) {
         node.close_all_connections();
     }
 }
+
+/// Longest wait, when the drain starts closing, for the cluster to stop
+/// counting this node's connections (see [`Node::begin_closing`]); a tenth
+/// of `shutdown.drain_window` when that is shorter.
+const CLOSING_WAIT: Duration = Duration::from_secs(1);
 
 /// Time between two batches of closes.
 const DRAIN_TICK: Duration = Duration::from_millis(100);

@@ -26,11 +26,14 @@ impl Node {
     }
 
     /// The drain starts closing clients (after `readiness_delay`, when load
-    /// balancers have stopped routing here): publishes are refused with
-    /// "draining" from now on.
-    pub fn begin_closing(&self) {
+    /// balancers have stopped routing here): publishes and subscribes are
+    /// refused with "draining" from now on, and the node's connections stop
+    /// counting toward cluster-wide limits. Returns once they do, so that a
+    /// client closed next is admitted where it reconnects (the caller
+    /// bounds the wait: Redis may not answer).
+    pub async fn begin_closing(&self) {
         self.inner.closing.cancel();
-        self.inner.bus.closing();
+        self.inner.bus.closing().await;
     }
 
     /// Whether publishes are refused as draining (see [`Node::begin_closing`]).

@@ -244,8 +244,8 @@ impl Bus for RedisBus {
         true
     }
 
-    fn closing(&self) {
-        self.registry.closing();
+    async fn closing(&self) {
+        self.registry.closing().await;
     }
 
     fn take_presence_changes(&self) -> Option<mpsc::Receiver<PresenceChange>> {

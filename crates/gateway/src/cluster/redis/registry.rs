@@ -139,11 +139,9 @@ impl Registry {
     }
 
     /// The node starts closing its clients: its counts leave the user and
-    /// tenant hashes now (without waiting).
-    pub(crate) fn closing(&self) {
-        if self.tx.try_send(Op::Closing).is_err() {
-            crate::metrics::registry_queue_full();
-        }
+    /// tenant hashes; returns once they did (or could not).
+    pub(crate) async fn closing(&self) {
+        let _ = self.call(|reply| Op::Closing { reply }).await;
     }
 
     pub(crate) async fn deregister(&self) {

@@ -137,9 +137,10 @@ impl Actor {
                     };
                     let _ = reply.send(done);
                 }
-                Op::Closing => {
+                Op::Closing { reply } => {
                     self.flush(std::mem::take(&mut changes)).await;
                     self.release_counts().await;
+                    let _ = reply.send(());
                 }
                 Op::Deregister { reply } => {
                     self.flush(std::mem::take(&mut changes)).await;

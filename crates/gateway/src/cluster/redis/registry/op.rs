@@ -22,7 +22,7 @@ pub(crate) enum Op {
     },
     /// The node closes its clients (drain): remove its user and tenant
     /// counts, so that they no longer count toward limits elsewhere.
-    Closing,
+    Closing { reply: oneshot::Sender<()> },
     /// Remove this node from the registry (drain); the actor stops after it.
     Deregister { reply: oneshot::Sender<()> },
 }
