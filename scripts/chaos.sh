@@ -5,7 +5,7 @@
 #
 #   scripts/chaos.sh 30m            # a 30-minute soak with the default seed
 #   scripts/chaos.sh 2h 0x5eed      # two hours, another seed
-#   scripts/chaos.sh round [seed]   # the CI round (every fault kind once, ~1.5 min)
+#   scripts/chaos.sh round [seed]   # the CI round (every fault kind once, ~80 s)
 #
 # Environment it passes on: FANOUT_CHAOS_STRICT=1 (every check that waits
 # for a fix turns on), FANOUT_CHAOS_KEEP_GOING=1 (report every violation at

@@ -171,7 +171,14 @@ mod tests {
             "the cache holds no strong reference"
         );
         // A later grant with the same claims parses afresh.
-        let b = cache.get_or_parse(claims(&["r"]), parse).unwrap();
+        let mut parsed = false;
+        let b = cache
+            .get_or_parse(claims(&["r"]), |c| {
+                parsed = true;
+                parse(c)
+            })
+            .unwrap();
+        assert!(parsed, "a dead entry was not parsed again");
         assert_eq!(b.rooms.len(), 1);
     }
 
@@ -188,11 +195,16 @@ mod tests {
             }
         }
         assert!(cache.len() <= CACHE_MAX);
-        // Everything still in use is still shared.
-        let again = cache
-            .get_or_parse(claims(&[&format!("r{}", CACHE_MAX + 8)]), parse)
-            .unwrap();
-        assert!(live.iter().any(|p| Arc::ptr_eq(p, &again)));
+        // Everything still in use is still shared, the oldest and the
+        // newest alike: the bound drops dead entries, never live ones.
+        for i in [0, CACHE_MAX + 8] {
+            let again = cache
+                .get_or_parse(claims(&[&format!("r{i}")]), |_| {
+                    Err("a live entry was parsed again".to_string())
+                })
+                .unwrap();
+            assert!(live.iter().any(|p| Arc::ptr_eq(p, &again)), "r{i}");
+        }
     }
 
     #[test]

@@ -286,6 +286,10 @@ mod tests {
                 async move { q.wait().await }
             });
             tokio::task::yield_now().await;
+            assert!(
+                !waiter.is_finished(),
+                "the waiter must be parked before the wake, or this tests nothing"
+            );
             if wake == 0 {
                 q.push(text("a")).unwrap();
             } else {

@@ -337,8 +337,18 @@ mod tests {
         // More than a batch was written without a flush: the first batch is
         // already on the socket.
         let mut got = vec![0u8; WRITE_BATCH];
-        b.read_exact(&mut got).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), b.read_exact(&mut got))
+            .await
+            .expect("a full batch was held back until the flush")
+            .unwrap();
         io.flush().await.unwrap();
         assert_eq!(io.held_bytes(), 0);
+        // And the flush sends the rest.
+        let total = (WRITE_BATCH / 1000 + 2) * 1000;
+        let mut rest = vec![0u8; total - WRITE_BATCH];
+        tokio::time::timeout(std::time::Duration::from_secs(1), b.read_exact(&mut rest))
+            .await
+            .expect("the flush did not send the rest")
+            .unwrap();
     }
 }

@@ -342,7 +342,7 @@ impl Publishers {
     pub async fn stop(&mut self) {
         self.stop.store(true, Ordering::Release);
         for p in &mut self.list {
-            let _ = (&mut p.task).await;
+            (&mut p.task).await.expect("a publisher task panicked");
         }
     }
 }

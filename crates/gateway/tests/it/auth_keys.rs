@@ -140,12 +140,13 @@ async fn expected_audience_and_issuer_are_checked_globally_and_per_tenant() {
     let reason = refused_because(&server, &globex("fanout"), "globex, global aud").await;
     assert!(reason.contains("`aud`"), "{reason}");
     // Its own key only, whatever the claims say.
-    refused_because(
+    let reason = refused_because(
         &server,
         &token("globex", SECRET, json!({"aud":"globex-fanout","iss":ISS})),
         "globex, default key",
     )
     .await;
+    assert!(reason.starts_with("invalid token"), "{reason}");
     // A tenant entry with only an issuer: default key, own issuer, global audience.
     let initech = |iss: &str| token("initech", SECRET, json!({"aud":"fanout","iss":iss}));
     welcomed(&server, &initech("https://initech.test/")).await;
@@ -215,10 +216,12 @@ async fn keys_are_chosen_by_kid_so_that_they_rotate_without_downtime() {
     welcomed(&both, &new_rs).await;
     // A kid selects that key only: another listed key's signature is refused.
     let swapped = sign_kid(Algorithm::HS256, &hs_key(NEW_SECRET), Some("2024"), &c);
-    refused_because(&both, &swapped, "kid 2024, signed with 2025").await;
+    let reason = refused_because(&both, &swapped, "kid 2024, signed with 2025").await;
+    assert!(reason.starts_with("invalid token"), "{reason}");
     // A key verifies only its own algorithm.
     let hs_on_rsa = sign_kid(Algorithm::HS256, &hs_key(NEW_SECRET), Some("2025-rsa"), &c);
-    refused_because(&both, &hs_on_rsa, "HS256 token naming an RS256 key").await;
+    let reason = refused_because(&both, &hs_on_rsa, "HS256 token naming an RS256 key").await;
+    assert!(reason.starts_with("invalid token"), "{reason}");
     // An unknown kid is refused, and the key without a kid is no fallback.
     for (kid, secret) in [("2023", OLD_SECRET), ("nope", SECRET)] {
         let t = sign_kid(Algorithm::HS256, &hs_key(secret), Some(kid), &c);
@@ -530,8 +533,7 @@ async fn a_new_kid_refetches_the_jwks_at_most_once_per_min_refetch() {
     // After it, one new kid refetches once; tokens arriving meanwhile wait
     // for that fetch rather than starting their own.
     tokio::time::sleep_until(first_fetch_seen + MIN_REFETCH + Duration::from_millis(100)).await;
-    let clients = futures_util::future::join_all((0..5).map(|_| welcomed(&server, &r2))).await;
-    assert_eq!(clients.len(), 5);
+    let _clients = futures_util::future::join_all((0..5).map(|_| welcomed(&server, &r2))).await;
     assert_eq!(jwks.requests(), 2, "one refetch for five tokens");
     // And right after it, unknown kids fetch nothing again.
     for _ in 0..5 {

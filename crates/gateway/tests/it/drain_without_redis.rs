@@ -489,15 +489,6 @@ enum Fault {
     Frozen,
 }
 
-/// Redis's pid, from `INFO server`.
-async fn redis_pid(redis: &RedisServer) -> u32 {
-    let info = redis.command(&["INFO", "server"]).await.join("\n");
-    info.lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no process_id in INFO server: {info}"))
-}
-
 /// One scenario at a time: each loads the machine on its own.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -514,7 +505,7 @@ async fn drain_without_redis_frozen_closes_every_client_with_1012_within_the_win
 async fn drain_without_redis(fault: Fault) {
     let _serial = SERIAL.lock().await;
     let mut redis = RedisServer::start().await;
-    let redis_pid = redis_pid(&redis).await;
+    let redis_pid = redis.pid().expect("redis-server runs");
     let log = std::env::var("DRAIN_WITHOUT_REDIS_LOG").unwrap_or_else(|_| "info".into());
     let common = format!(
         "[log]\nlevel = \"{log}\"\n\n[limits]\nmax_connections_per_user = {PER_USER}\n\n{}",
@@ -748,6 +739,9 @@ async fn drain_without_redis(fault: Fault) {
             spread(all.end_late_ms.clone()),
             all.still_open,
         ));
+    }
+    if !status.success() {
+        failed.push(format!("node A exited with {status}, not 0"));
     }
     if exited_after > GRACE + EXIT_MARGIN {
         failed.push(format!(
