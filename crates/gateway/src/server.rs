@@ -237,12 +237,16 @@ impl Server {
         {
             ops.abort();
         }
-        // Deregistering needs Redis; without it (or time), entries expire by TTL.
+        // Deregistering needs Redis; without it (or time), other nodes ignore
+        // this node's entries once its heartbeat lapses and their sweeper
+        // removes them (announcing its users' leaves).
         if tokio::time::timeout_at(deadline, node.leave_cluster())
             .await
             .is_err()
         {
-            warn!("bus shutdown timed out; registry entries expire with the heartbeat TTL");
+            warn!(
+                "bus shutdown timed out; the other nodes' sweeper removes this node's registry entries"
+            );
         }
         info!("stopped");
         Ok(())

@@ -78,7 +78,7 @@ pub enum BusError {
     /// told 503. Retrying with the same idempotency key is
     /// safe (a delivered message answers its first answer again).
     #[error(
-        "cluster bus unavailable: redis did not answer {op} in time; the message may still be delivered: retry with the same idempotency_key to avoid a duplicate"
+        "cluster bus unavailable: redis did not confirm {op} (a timeout or a lost connection); the message may still be delivered: retry with the same idempotency_key to avoid a duplicate"
     )]
     PublishUnknown {
         /// Which publish (`route_room`, `route_user`, `route_tenant`, `publish`).

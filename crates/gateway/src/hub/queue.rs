@@ -90,8 +90,7 @@ pub struct SendQueue {
 
 impl SendQueue {
     /// An empty queue with the given bounds.
-    /// Bounds above `u32::MAX` are taken as `u32::MAX` (the configuration
-    /// refuses larger ones).
+    /// Bounds above `u32::MAX` are taken as `u32::MAX`.
     pub fn new(max_frames: usize, max_bytes: usize) -> Self {
         let cap = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Self {

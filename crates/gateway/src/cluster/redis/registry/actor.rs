@@ -32,8 +32,9 @@ pub(crate) struct Actor {
     /// them): commands, scripts, (S)SUBSCRIBE; the receiver reads the
     /// messages.
     pub(crate) redis: Redis,
-    /// Readiness: the actor records heartbeats and marks itself unsynced
-    /// when a script's outcome is unknown.
+    /// Readiness: the actor records heartbeats, and marks itself unsynced
+    /// while it resyncs or after finding itself swept (a failed script
+    /// only marks its entries dirty).
     pub(crate) health: Arc<Health>,
     /// Live and dead nodes, written after each heartbeat.
     pub(crate) liveness: Arc<NodeLiveness>,

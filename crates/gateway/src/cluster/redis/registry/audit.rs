@@ -10,13 +10,16 @@
 //! nodes that are not live, so such a leftover is never *counted*; the
 //! audit makes it *removable* from what remains in Redis alone.
 //!
-//! Every `redis.audit_interval` a pass scans the keyspace of the cluster's
-//! prefix, one step of at most [`STEP`] keys per shard each heartbeat (so a
-//! big keyspace costs Redis a little per beat, never a long command). For
+//! A pass starts `redis.audit_interval` after the previous one ended and
+//! scans the keyspace of the cluster's prefix, one `SCAN … COUNT` [`STEP`]
+//! per shard each heartbeat (a hint Redis keeps to roughly: a big keyspace
+//! costs it a little per beat, never a long command). For
 //! each user or tenant hash and each room it runs a script that removes the
 //! fields and hosts of nodes absent from the node index (`P:nodes`, read
 //! after the scan: a node adds itself there before it writes any entry, so
-//! a node whose entry the scan saw is either listed or gone). A node index
+//! a node whose entry the scan saw is either listed or gone; a node swept
+//! while alive may write before its next heartbeat re-adds it, and its
+//! resync then writes back whatever the audit removed). A node index
 //! whose node is gone is swept like a dead node's. Departures this causes
 //! are announced.
 

@@ -33,7 +33,7 @@ pub(crate) enum Scope {
     /// Everything: start, a reconnect to one Redis, a swept registry.
     All,
     /// Redis Cluster: what lives on one shard (it reconnected, or is a
-    /// newly promoted primary); its entries are purged and rewritten.
+    /// newly promoted primary); its entries are written over in place from the view.
     Shard(ShardId),
     /// Redis Cluster: slots that moved to a shard by a migration; their
     /// channels are subscribed there and their entries rewritten.
